@@ -1,0 +1,65 @@
+# The two commands a new user needs: `make run` (set up and run the stack) and
+# `make test` (set up and run every test tier, starting Kafka itself).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+KAFKA := deploy/kafka/kafka.sh
+# Tests use their own broker (ports and data dir), so a running `make run` is untouched.
+TEST_ENV := TOLLWAY_KAFKA_PORT=29092 TOLLWAY_KAFKA_CONTROLLER_PORT=29093 \
+	TOLLWAY_KAFKA_DIR=$(CURDIR)/.tollway/kafka-test TOLLWAY_KAFKA_BOOTSTRAP=127.0.0.1:29092
+
+.PHONY: setup run test lint typecheck unit integration e2e bench kafka-start kafka-stop clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+run: setup
+	$(BIN)/tollway up
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy .
+
+unit: setup
+	$(BIN)/pytest tests/unit -q
+
+integration: setup
+	$(TEST_ENV) $(BIN)/pytest tests/integration -q
+
+e2e: setup
+	$(TEST_ENV) $(BIN)/pytest tests/e2e -q
+
+# Fresh test broker, every tier in flow order, broker stopped afterwards whatever happened.
+test: setup lint typecheck
+	$(TEST_ENV) bash $(KAFKA) reset
+	$(TEST_ENV) bash $(KAFKA) start
+	status=0; \
+	$(BIN)/pytest tests/unit -q || status=$$?; \
+	[ $$status -ne 0 ] || $(TEST_ENV) $(BIN)/pytest tests/integration -q || status=$$?; \
+	[ $$status -ne 0 ] || $(TEST_ENV) $(BIN)/pytest tests/e2e -q || status=$$?; \
+	$(TEST_ENV) bash $(KAFKA) stop; \
+	exit $$status
+
+bench: setup
+	$(BIN)/python bench/sync_throughput.py
+
+kafka-start:
+	bash $(KAFKA) start
+
+kafka-stop:
+	bash $(KAFKA) stop
+
+clean:
+	-bash $(KAFKA) stop
+	-$(TEST_ENV) bash $(KAFKA) stop
+	rm -rf .tollway .mypy_cache .ruff_cache .pytest_cache

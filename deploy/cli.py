@@ -1,0 +1,182 @@
+"""`tollway` command line: run the stack or any single component.
+
+tollway up                 Kafka + mock provider + router + ingress, until Ctrl-C
+tollway ingress            the HTTP ingress (settings: TOLLWAY_INGRESS_*)
+tollway router             a routing worker (settings: TOLLWAY_ROUTER_*)
+tollway mock-provider      the mock LLM provider (OpenAI wire format)
+tollway kafka start|stop|status|reset
+tollway topics             create Tollway's topics (idempotent)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+
+from schemas.settings import KafkaSettings
+
+
+def _logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("TOLLWAY_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+
+
+def _cmd_ingress(_: argparse.Namespace) -> int:
+    from ingress.server import run
+    from ingress.settings import IngressSettings
+
+    run(KafkaSettings(), IngressSettings())
+    return 0
+
+
+def _cmd_router(_: argparse.Namespace) -> int:
+    import uvloop
+
+    from workers.router.consumer import serve
+    from workers.router.settings import RouterSettings
+
+    uvloop.run(serve(KafkaSettings(), RouterSettings()))
+    return 0
+
+
+def _cmd_mock(args: argparse.Namespace) -> int:
+    from workers.providers.mock.behaviour import MockSettings
+    from workers.providers.mock.server import run
+
+    settings = MockSettings(
+        latency_ms=args.latency_ms,
+        completion_tokens=args.completion_tokens,
+        seed=args.seed,
+        stream_chunk_interval_ms=args.stream_chunk_interval_ms,
+    )
+    run(args.host, args.port, settings)
+    return 0
+
+
+def _cmd_kafka(args: argparse.Namespace) -> int:
+    from deploy.stack import kafka
+
+    done = kafka(args.action)
+    sys.stdout.write(done.stdout)
+    sys.stderr.write(done.stderr)
+    return done.returncode
+
+
+def _cmd_topics(_: argparse.Namespace) -> int:
+    from deploy.topics import ensure_topics
+
+    created = asyncio.run(ensure_topics(KafkaSettings().bootstrap))
+    print("created: " + (", ".join(created) if created else "nothing (all exist)"))
+    return 0
+
+
+_QUICKSTART = """
+Tollway is up: {url}
+  logs: {logs}
+
+  curl {url}/v1/chat/completions -H 'content-type: application/json' \\
+    -d '{{"model": "gpt-4o-mini", "messages": [{{"role": "user", "content": "Hello"}}]}}'
+
+  python - <<'PY'
+  from openai import OpenAI
+  client = OpenAI(base_url="{url}/v1", api_key="any")
+  reply = client.chat.completions.create(
+      model="gpt-4o-mini", messages=[{{"role": "user", "content": "Hello"}}])
+  print(reply.choices[0].message.content)
+  PY
+
+Ctrl-C stops everything.
+"""
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from deploy.stack import Stack, StackError, kafka, start_kafka
+
+    use_mock = not os.environ.get("OPENAI_API_KEY")
+    stack = Stack(
+        ingress_port=args.port,
+        mock_port=args.mock_port,
+        routers=args.routers,
+        use_mock=use_mock,
+        mock_latency_ms=args.mock_latency_ms,
+    )
+    stopping = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    print("starting Kafka (first run downloads the jars once)...", flush=True)
+    try:
+        bootstrap = start_kafka()
+        print(f"Kafka ready at {bootstrap}; starting Tollway processes...", flush=True)
+        stack.start(bootstrap)
+        print(_QUICKSTART.format(url=stack.url, logs=stack.log_dir), flush=True)
+        while not stopping:
+            dead = [c.name for c in stack.components if not c.alive()]
+            if dead:
+                print(
+                    f"process(es) exited: {', '.join(dead)}; see {stack.log_dir}", file=sys.stderr
+                )
+                return 1
+            time.sleep(0.5)
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        print("stopping...", flush=True)
+        stack.stop()
+        if not args.keep_kafka:
+            kafka("stop")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(
+        prog="tollway", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = root.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="run the whole local stack until Ctrl-C")
+    up.add_argument("--port", type=int, default=8000)
+    up.add_argument("--mock-port", type=int, default=18080)
+    up.add_argument("--mock-latency-ms", type=int, default=50)
+    up.add_argument("--routers", type=int, default=1)
+    up.add_argument("--keep-kafka", action="store_true", help="leave Kafka running on exit")
+    up.set_defaults(func=_cmd_up)
+    sub.add_parser("ingress", help="run the HTTP ingress").set_defaults(func=_cmd_ingress)
+    sub.add_parser("router", help="run a routing worker").set_defaults(func=_cmd_router)
+    mock = sub.add_parser("mock-provider", help="run the mock LLM provider")
+    mock.add_argument("--host", default="127.0.0.1")
+    mock.add_argument("--port", type=int, default=18080)
+    mock.add_argument("--latency-ms", type=int, default=50)
+    mock.add_argument("--completion-tokens", type=int, default=16)
+    mock.add_argument("--seed", type=int, default=0)
+    mock.add_argument("--stream-chunk-interval-ms", type=int, default=0)
+    mock.set_defaults(func=_cmd_mock)
+    kafka = sub.add_parser("kafka", help="manage the local Kafka broker")
+    kafka.add_argument("action", choices=["start", "stop", "status", "reset", "bootstrap"])
+    kafka.set_defaults(func=_cmd_kafka)
+    sub.add_parser("topics", help="create the topics").set_defaults(func=_cmd_topics)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _logging()
+    args = parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

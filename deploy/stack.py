@@ -1,0 +1,181 @@
+"""Start and stop Tollway's processes: the local stack behind `tollway up` and the e2e tests.
+
+Every component runs as its own OS process (`python -m deploy.cli <component>`),
+exactly as it would be deployed, with its output in `.tollway/logs/`. Kafka is
+started by `deploy/kafka/kafka.sh` (Apache Kafka jars from Maven Central).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+from deploy.topics import ensure_topics
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+KAFKA_SCRIPT = REPO_ROOT / "deploy" / "kafka" / "kafka.sh"
+STATE_DIR = Path(os.environ.get("TOLLWAY_STATE_DIR", REPO_ROOT / ".tollway"))
+
+
+class StackError(RuntimeError):
+    """A component did not start; the message names it and where its log is."""
+
+
+def kafka(command: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `kafka.sh <command>` (start | stop | status | reset | bootstrap)."""
+    return subprocess.run(
+        ["bash", str(KAFKA_SCRIPT), command],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def start_kafka() -> str:
+    """Start (or reuse) the local broker and create the topics; returns the bootstrap address."""
+    done = kafka("start")
+    if done.returncode != 0:
+        raise StackError(f"Kafka did not start:\n{done.stdout}\n{done.stderr}")
+    bootstrap = kafka("bootstrap").stdout.strip()
+    asyncio.run(ensure_topics(bootstrap))
+    return bootstrap
+
+
+@dataclass
+class Component:
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    health_url: str | None = None
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+    _log: IO[bytes] | None = field(default=None, repr=False)
+
+    def start(self, log_dir: Path) -> None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_dir / f"{self.name}.log"
+        self._log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "deploy.cli", *self.args],
+            env={**os.environ, **self.env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+            start_new_session=True,
+        )
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def signal(self, sig: signal.Signals) -> None:
+        if self.alive():
+            assert self.process is not None
+            self.process.send_signal(sig)
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        if self.process is not None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+@dataclass
+class Stack:
+    """The processes of one local Tollway; `start()` returns when all are healthy."""
+
+    ingress_port: int = 8000
+    mock_port: int = 18080
+    routers: int = 1
+    use_mock: bool = True
+    mock_latency_ms: int = 50
+    extra_env: dict[str, str] = field(default_factory=dict)
+    log_dir: Path = STATE_DIR / "logs"
+    components: list[Component] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.ingress_port}"
+
+    def plan(self, bootstrap: str) -> list[Component]:
+        env = {"TOLLWAY_KAFKA_BOOTSTRAP": bootstrap, **self.extra_env}
+        if self.use_mock:
+            env.setdefault("TOLLWAY_MOCK_URL", f"http://127.0.0.1:{self.mock_port}/v1")
+        parts: list[Component] = []
+        if self.use_mock:
+            parts.append(
+                Component(
+                    "mock-provider",
+                    [
+                        "mock-provider",
+                        "--port",
+                        str(self.mock_port),
+                        "--latency-ms",
+                        str(self.mock_latency_ms),
+                    ],
+                    env,
+                    f"http://127.0.0.1:{self.mock_port}/healthz",
+                )
+            )
+        parts.extend(Component(f"router-{i}", ["router"], env) for i in range(1, self.routers + 1))
+        parts.append(
+            Component(
+                "ingress",
+                ["ingress"],
+                {**env, "TOLLWAY_INGRESS_PORT": str(self.ingress_port)},
+                f"{self.url}/readyz",
+            )
+        )
+        return parts
+
+    def start(self, bootstrap: str, timeout_s: float = 60.0) -> None:
+        self.components = self.plan(bootstrap)
+        for component in self.components:
+            component.start(self.log_dir)
+        deadline = time.monotonic() + timeout_s
+        for component in self.components:
+            self.wait_healthy(component, deadline)
+
+    def wait_healthy(self, component: Component, deadline: float) -> None:
+        while True:
+            if not component.alive():
+                raise StackError(f"{component.name} exited; see {component.log_path}")
+            if component.health_url is None:
+                return
+            try:
+                if httpx.get(component.health_url, timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise StackError(f"{component.name} not healthy in time; see {component.log_path}")
+            time.sleep(0.2)
+
+    def get(self, name: str) -> Component:
+        return next(c for c in self.components if c.name == name)
+
+    def restart(self, name: str) -> None:
+        component = self.get(name)
+        component.stop()
+        component.start(self.log_dir)
+        self.wait_healthy(component, time.monotonic() + 60)
+
+    def stop(self) -> None:
+        for component in reversed(self.components):
+            component.stop()

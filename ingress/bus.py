@@ -1,0 +1,120 @@
+"""What the ingress needs from the message bus, and an in-memory fake of it.
+
+`Bus` is the seam between the HTTP handlers and Kafka: publish durably,
+wait for a sync reply, look up a finished result. `KafkaBus`
+(`ingress/kafka_bus.py`) is the real one; `MemoryBus` runs handlers in unit
+tests with no broker, answering each published request with a function.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from schemas.errors import DeadlineExceeded, ServiceUnavailable
+from schemas.records import RequestEnvelope, Result
+
+
+class Bus(Protocol):
+    @property
+    def reply_partition(self) -> int: ...
+
+    def ready(self) -> bool:
+        """True when Kafka is reachable and the result index has caught up."""
+        ...
+
+    def expect_reply(self, request_id: str) -> asyncio.Future[Result]:
+        """Register interest in a sync reply BEFORE publishing, so none is missed."""
+        ...
+
+    def forget_reply(self, request_id: str) -> None: ...
+
+    async def publish(self, topic: str, envelope: RequestEnvelope) -> None:
+        """Return only once Kafka acknowledged the record (acks=all).
+        Raises `ServiceUnavailable` when it could not be written."""
+        ...
+
+    async def lookup(self, request_id: str) -> Result | None:
+        """The first result recorded for `request_id`, or None if there is none yet."""
+        ...
+
+
+async def wait_reply(
+    bus: Bus, future: asyncio.Future[Result], request_id: str, timeout_s: float
+) -> Result:
+    """Await a registered reply; `DeadlineExceeded` after `timeout_s`."""
+    try:
+        return await asyncio.wait_for(future, timeout_s)
+    except TimeoutError as exc:
+        raise DeadlineExceeded(
+            f"No result within {timeout_s:g}s; the request {request_id} is still recorded "
+            "and its result can be fetched from /v1/async/requests/{id}."
+        ) from exc
+    finally:
+        bus.forget_reply(request_id)
+
+
+class ReplyWaiters:
+    """Futures of sync requests waiting for their reply, by request id (shared by buses)."""
+
+    def __init__(self) -> None:
+        self._waiters: dict[str, asyncio.Future[Result]] = {}
+
+    def expect_reply(self, request_id: str) -> asyncio.Future[Result]:
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._waiters[request_id] = future
+        return future
+
+    def forget_reply(self, request_id: str) -> None:
+        self._waiters.pop(request_id, None)
+
+    def waiting(self, request_id: str) -> bool:
+        waiter = self._waiters.get(request_id)
+        return waiter is not None and not waiter.done()
+
+    def resolve(self, result: Result) -> None:
+        """Hand `result` to its waiter, if one is still waiting."""
+        waiter = self._waiters.get(result["request_id"])
+        if waiter is not None and not waiter.done():
+            waiter.set_result(result)
+
+
+Responder = Callable[[RequestEnvelope], Awaitable[Result | None]]
+
+
+class MemoryBus(ReplyWaiters):
+    """In-memory `Bus`: results come from `responder`, which may return None (no answer)."""
+
+    def __init__(self, responder: Responder, *, available: bool = True) -> None:
+        super().__init__()
+        self.responder = responder
+        self.available = available
+        self.published: list[tuple[str, RequestEnvelope]] = []
+        self.results: dict[str, Result] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def reply_partition(self) -> int:
+        return 0
+
+    def ready(self) -> bool:
+        return self.available
+
+    async def publish(self, topic: str, envelope: RequestEnvelope) -> None:
+        if not self.available:
+            raise ServiceUnavailable("Kafka is unreachable: the request was not accepted.")
+        self.published.append((topic, envelope))
+        task = asyncio.create_task(self._answer(envelope))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, envelope: RequestEnvelope) -> None:
+        result = await self.responder(envelope)
+        if result is None:
+            return
+        self.results.setdefault(result["request_id"], result)
+        self.resolve(result)
+
+    async def lookup(self, request_id: str) -> Result | None:
+        return self.results.get(request_id)

@@ -1,0 +1,199 @@
+"""The ingress's Kafka adapter: durable publish, sync replies, result lookup.
+
+    out: tollway.requests.interactive  (idempotent producer, acks=all)
+    in:  tollway.replies, one partition chosen at start (sync replies for this replica)
+    in:  tollway.results, every partition from the start (index request_id -> offset)
+
+Replies: each ingress replica reads one partition of `tollway.replies`, picked
+at random when it starts, and tells routers that partition in each sync
+envelope. Two replicas may share a partition; each ignores replies it is not
+waiting for. Reading starts at the end, before the first request is accepted.
+
+Results index: `GET /v1/async/requests/{id}` needs the result of any request,
+so every replica keeps `request_id -> offset` for `tollway.results` (the
+partition follows from the key) and fetches the record on demand. Memory is
+bounded by `result_index_max`; the FIRST result per id wins, the same rule as
+every other sink. Readiness waits until the index has caught up with the end
+offsets seen at start, so a finished request is never reported as queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import OrderedDict
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
+
+from ingress.bus import ReplyWaiters
+from schemas import codec, topics
+from schemas.errors import CorruptRecord, ServiceUnavailable
+from schemas.records import RequestEnvelope, Result
+from schemas.settings import KafkaSettings
+
+log = logging.getLogger("tollway.ingress.kafka")
+
+
+class KafkaBus(ReplyWaiters):
+    """`Bus` over Kafka. Clients are created in `start()` (none exist before it)."""
+
+    producer: AIOKafkaProducer
+    _replies: AIOKafkaConsumer
+    _results: AIOKafkaConsumer
+    _fetcher: AIOKafkaConsumer
+
+    def __init__(self, kafka: KafkaSettings, *, client_id: str, result_index_max: int) -> None:
+        super().__init__()
+        self._kafka = kafka
+        self._client_id = client_id
+        self._index_max = result_index_max
+        self._reply_partition = random.randrange(topics.REPLIES.partitions)  # noqa: S311 - load spreading, not security
+        self._index: OrderedDict[str, int] = OrderedDict()
+        self._index_caught_up = False
+        self._broker_ok = False
+        self._started = False
+        self._result_partitions = list(range(topics.RESULTS.partitions))
+        self._fetch_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def reply_partition(self) -> int:
+        return self._reply_partition
+
+    async def start(self) -> None:
+        common = {"bootstrap_servers": self._kafka.bootstrap, "client_id": self._client_id}
+        self.producer = AIOKafkaProducer(
+            **common,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=1,
+            request_timeout_ms=self._kafka.request_timeout_ms,
+        )
+        self._replies = AIOKafkaConsumer(**common, enable_auto_commit=False, group_id=None)
+        self._results = AIOKafkaConsumer(
+            **common, enable_auto_commit=False, group_id=None, auto_offset_reset="earliest"
+        )
+        self._fetcher = AIOKafkaConsumer(
+            **common, enable_auto_commit=False, group_id=None, auto_offset_reset="earliest"
+        )
+        await self.producer.start()
+        for consumer in (self._replies, self._results, self._fetcher):
+            await consumer.start()
+        reply_tp = TopicPartition(topics.REPLIES.name, self._reply_partition)
+        self._replies.assign([reply_tp])
+        await self._replies.seek_to_end(reply_tp)
+        await self._replies.position(reply_tp)  # resolve the end offset now, before accepting
+        result_tps = [TopicPartition(topics.RESULTS.name, p) for p in self._result_partitions]
+        self._results.assign(result_tps)
+        await self._results.seek_to_beginning(*result_tps)
+        end_offsets = await self._results.end_offsets(result_tps)
+        self._tasks = [
+            asyncio.create_task(self._consume_replies()),
+            asyncio.create_task(self._consume_results(end_offsets)),
+            asyncio.create_task(self._watch_broker(result_tps[:1])),
+        ]
+        self._broker_ok = True
+        self._started = True
+
+    async def stop(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.producer.stop()
+        for consumer in (self._replies, self._results, self._fetcher):
+            await consumer.stop()
+
+    def ready(self) -> bool:
+        return self._index_caught_up and self._broker_ok
+
+    async def publish(self, topic: str, envelope: RequestEnvelope) -> None:
+        """Write and wait for acks=all. On failure or after the request timeout: 503.
+
+        A send that timed out may still land later; the client was told 503 (not
+        accepted) and the router may execute it anyway. That direction is safe: a
+        2xx is never given for work that was not durably written.
+        """
+        if not self._started:
+            raise ServiceUnavailable("Kafka is not connected yet: the request was not accepted.")
+        value = codec.encode("request", envelope)
+        try:
+            await asyncio.wait_for(
+                self.producer.send_and_wait(topic, value, key=envelope["request_id"].encode()),
+                timeout=self._kafka.request_timeout_ms / 1000,
+            )
+        except (KafkaError, TimeoutError) as exc:
+            raise ServiceUnavailable(
+                "The request could not be written to Kafka and was not accepted; retry later.",
+                retry_after_s=1,
+            ) from exc
+
+    async def lookup(self, request_id: str) -> Result | None:
+        offset = self._index.get(request_id)
+        if offset is None:
+            return None
+        key = request_id.encode()
+        partition = DefaultPartitioner()(key, self._result_partitions, self._result_partitions)
+        tp = TopicPartition(topics.RESULTS.name, partition)
+        async with self._fetch_lock:
+            self._fetcher.assign([tp])
+            self._fetcher.seek(tp, offset)
+            batch = await self._fetcher.getmany(tp, timeout_ms=5_000, max_records=1)
+        for record in batch.get(tp, []):
+            if record.key == key and record.value is not None:
+                return codec.decode("result", record.value)
+        return None  # aged out of Kafka's retention
+
+    async def _watch_broker(self, probe: list[TopicPartition]) -> None:
+        """Readiness follows a real broker round trip every 2 s."""
+        while True:
+            await asyncio.sleep(2.0)
+            try:
+                async with self._fetch_lock:
+                    await asyncio.wait_for(self._fetcher.end_offsets(probe), timeout=2.0)
+            except (KafkaError, TimeoutError):
+                self._broker_ok = False
+            else:
+                self._broker_ok = True
+
+    async def _consume_replies(self) -> None:
+        while True:
+            batch = await self._replies.getmany(timeout_ms=1_000)
+            for records in batch.values():
+                for record in records:
+                    if not record.key or not self.waiting(record.key.decode()):
+                        continue
+                    try:
+                        self.resolve(codec.decode("result", record.value or b""))
+                    except CorruptRecord:
+                        log.exception("undecodable reply at offset %s", record.offset)
+
+    async def _consume_results(self, end_offsets: dict[TopicPartition, int]) -> None:
+        pending = {tp: end for tp, end in end_offsets.items() if end > 0}
+        self._index_caught_up = not pending
+        while True:
+            batch = await self._results.getmany(timeout_ms=500, max_records=10_000)
+            for tp, records in batch.items():
+                for record in records:
+                    if record.key is None:
+                        continue
+                    request_id = record.key.decode(errors="replace")
+                    if request_id not in self._index:
+                        self._index[request_id] = record.offset
+                        if len(self._index) > self._index_max:
+                            self._index.popitem(last=False)
+                if records and tp in pending and records[-1].offset + 1 >= pending[tp]:
+                    del pending[tp]
+            if not self._index_caught_up:
+                for tp in list(pending):
+                    if await self._results.position(tp) >= pending[tp]:
+                        del pending[tp]
+                self._index_caught_up = not pending

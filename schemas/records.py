@@ -1,0 +1,100 @@
+"""The records that travel on Tollway's topics, as typed dicts.
+
+TypedDicts rather than classes: fastavro reads and writes plain dicts, and the
+hot path (ingress publish, router consume) should not pay for a conversion.
+Field meanings and units are documented once, in the Avro schemas under
+`schemas/avro/`; these types mirror the latest version of each.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, TypedDict
+
+Mode = Literal["sync", "async", "batch"]
+Status = Literal["succeeded", "failed"]
+Outcome = Literal["ok", "error"]
+
+
+class RequestEnvelope(TypedDict):
+    """`tollway.requests.*` value (schema `request`)."""
+
+    request_id: str
+    team_id: str
+    key_id: str | None
+    mode: Mode
+    endpoint: str
+    model: str
+    body: bytes
+    received_at_ms: int
+    deadline_ms: int
+    ingress_id: str
+    reply_partition: int | None
+    metadata: dict[str, str]
+
+
+class Usage(TypedDict):
+    """Token counts reported by a provider for one call."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    reasoning_tokens: int
+
+
+class Result(TypedDict):
+    """`tollway.results` / `tollway.replies` value (schema `result`)."""
+
+    request_id: str
+    team_id: str
+    key_id: str | None
+    mode: Mode
+    execution_id: str
+    status: Status
+    http_status: int
+    body: bytes
+    error_type: str | None
+    requested_model: str
+    served_model: str | None
+    provider: str | None
+    deployment: str | None
+    attempts: int
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    reasoning_tokens: int
+    received_at_ms: int
+    finished_at_ms: int
+    metadata: dict[str, str]
+
+
+class Attempt(TypedDict):
+    """`tollway.attempts` value (schema `attempt`): one provider call."""
+
+    request_id: str
+    attempt_id: str
+    attempt: int
+    team_id: str
+    key_id: str | None
+    mode: Mode
+    deployment: str
+    provider: str
+    model: str
+    started_at_ms: int
+    latency_ms: float
+    outcome: Outcome
+    http_status: int | None
+    error_type: str | None
+    error_code: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    reasoning_tokens: int
+    router_id: str
+
+
+ZERO_USAGE: Usage = {
+    "prompt_tokens": 0,
+    "completion_tokens": 0,
+    "cached_tokens": 0,
+    "reasoning_tokens": 0,
+}

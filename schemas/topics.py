@@ -1,0 +1,79 @@
+"""Every Kafka topic Tollway uses, in the order data flows through them.
+
+One place names them so that producers, consumers, the topic bootstrap
+(`deploy/topics.py`) and tests cannot drift apart. Partition counts bound the
+parallelism of each stage's consumer group; configs are the Kafka topic configs
+applied at creation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Final
+
+_HOUR_MS: Final = 3_600_000
+_DAY_MS: Final = 24 * _HOUR_MS
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    """A Kafka topic: name, partition count and creation-time configs."""
+
+    name: str
+    partitions: int
+    config: MappingProxyType[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    doc: str = ""
+
+
+def _cfg(**kv: str) -> MappingProxyType[str, str]:
+    return MappingProxyType({k.replace("_", "."): v for k, v in kv.items()})
+
+
+REQUESTS_INTERACTIVE: Final = Topic(
+    "tollway.requests.interactive",
+    partitions=6,
+    config=_cfg(retention_ms=str(3 * _DAY_MS)),
+    doc="Sync and async single requests, keyed by request_id; consumed by routers.",
+)
+REQUESTS_BATCH: Final = Topic(
+    "tollway.requests.batch",
+    partitions=6,
+    config=_cfg(retention_ms=str(7 * _DAY_MS)),
+    doc="Requests expanded from batch files; a lower-priority lane for routers.",
+)
+REPLIES: Final = Topic(
+    "tollway.replies",
+    partitions=8,
+    config=_cfg(retention_ms=str(_HOUR_MS)),
+    doc="Results of sync requests, sent to the partition the waiting ingress reads.",
+)
+RESULTS: Final = Topic(
+    "tollway.results",
+    partitions=6,
+    # delete, not compact: after a redelivery two results share a key and every
+    # reader keeps the FIRST; compaction would keep the last (docs/decisions/0003).
+    config=_cfg(retention_ms=str(7 * _DAY_MS)),
+    doc="The final result of each execution, keyed by request_id; readers keep the first.",
+)
+ATTEMPTS: Final = Topic(
+    "tollway.attempts",
+    partitions=6,
+    config=_cfg(retention_ms=str(7 * _DAY_MS)),
+    doc="One record per provider call (real spend), keyed by request_id.",
+)
+DEAD_LETTERS: Final = Topic(
+    "tollway.dead-letters",
+    partitions=1,
+    config=_cfg(retention_ms=str(30 * _DAY_MS)),
+    doc="Records no stage could decode or process, with the reason in headers.",
+)
+
+ALL_TOPICS: Final[tuple[Topic, ...]] = (
+    REQUESTS_INTERACTIVE,
+    REQUESTS_BATCH,
+    REPLIES,
+    RESULTS,
+    ATTEMPTS,
+    DEAD_LETTERS,
+)

@@ -1,0 +1,40 @@
+"""The one protocol every provider adapter implements.
+
+Adapters translate the canonical OpenAI Chat Completions request (a dict, as
+validated by the ingress) into their wire format, call the provider, and
+translate the answer back. Failures are raised as `schemas.errors.ProviderError`
+subclasses; nothing above this layer sees a vendor or transport exception.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from schemas.records import Usage
+from schemas.routes import Deployment
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderReply:
+    """A successful provider call, already in the canonical shape.
+
+    `body` is the OpenAI chat.completion JSON as bytes, ready to hand to the
+    client; `usage` is what the provider reported (zeros when it reported none).
+    """
+
+    body: bytes
+    usage: Usage
+    served_model: str
+
+
+class ChatProvider(Protocol):
+    """Calls one deployment with a canonical chat request."""
+
+    async def chat(self, deployment: Deployment, request: dict[str, Any]) -> ProviderReply:
+        """Raise a `ProviderError` subclass on any failure."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...

@@ -1,0 +1,223 @@
+"""The mock provider's HTTP adapter: aiohttp.web serving the OpenAI Chat Completions API.
+
+Routes:
+    POST   /v1/chat/completions  JSON or server-sent events, as ``behaviour.decide`` plans.
+    GET    /v1/models            OpenAI model list (examples; every name is served).
+    GET    /healthz              ``{"status": "ok"}``.
+    GET    /stats                chat completion requests seen: total, by status, by model.
+    DELETE /stats                reset those counts (between benchmark phases).
+
+Any ``Authorization`` header, or none, is accepted. The hot path is deliberately bare:
+orjson in and out, no pydantic, no per-request logging (the access log is off), so one
+core serves thousands of requests per second. Guarantee: a request is counted in
+``/stats`` as soon as its outcome is decided, before the latency wait, so a caller that
+gave up (``mock-timeout``) is still counted, under the status it would have received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import signal
+import time
+from collections.abc import Mapping
+
+import orjson
+from aiohttp import web
+
+from workers.providers.mock.behaviour import (
+    Answer,
+    Failure,
+    MockSettings,
+    decide,
+    invalid_request,
+)
+from workers.providers.mock.wire import completion_body, error_body, models_body, stream_chunks
+
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+SHUTDOWN_TIMEOUT_S = 1.0
+"""Grace for in-flight requests at shutdown; the mock owes its callers nothing more."""
+
+_JSON_HEADERS = {"Content-Type": "application/json"}
+_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+_DONE = b"data: [DONE]\n\n"
+
+
+class RequestStats:
+    """Counts of chat completion requests, for tests and benchmarks to read provider calls."""
+
+    __slots__ = ("by_model", "by_status", "total")
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.by_status: dict[int, int] = {}
+        self.by_model: dict[str, int] = {}
+
+    def record(self, status: int, model: str | None) -> None:
+        """Count one request answered (or to be answered) with ``status``."""
+        self.total += 1
+        self.by_status[status] = self.by_status.get(status, 0) + 1
+        if model is not None:
+            self.by_model[model] = self.by_model.get(model, 0) + 1
+
+    def reset(self) -> None:
+        """Forget every count."""
+        self.total = 0
+        self.by_status.clear()
+        self.by_model.clear()
+
+    def snapshot(self) -> dict[str, object]:
+        """The ``/stats`` JSON object; status keys are strings, as JSON requires."""
+        return {
+            "total": self.total,
+            "by_status": {str(status): count for status, count in sorted(self.by_status.items())},
+            "by_model": dict(sorted(self.by_model.items())),
+        }
+
+
+STATS_KEY = web.AppKey("mock_stats", RequestStats)
+SETTINGS_KEY = web.AppKey("mock_settings", MockSettings)
+
+
+def build_app(settings: MockSettings) -> web.Application:
+    """A fresh mock provider app; its counters (``app[STATS_KEY]``) start at zero."""
+    app = web.Application(client_max_size=MAX_REQUEST_BYTES)
+    stats = RequestStats()
+    app[STATS_KEY] = stats
+    app[SETTINGS_KEY] = settings
+    handlers = _Handlers(settings, stats)
+    app.router.add_post("/v1/chat/completions", handlers.chat_completions)
+    app.router.add_get("/v1/models", handlers.models)
+    app.router.add_get("/healthz", handlers.healthz)
+    app.router.add_get("/stats", handlers.stats)
+    app.router.add_delete("/stats", handlers.reset_stats)
+    return app
+
+
+async def serve(host: str, port: int, settings: MockSettings) -> None:
+    """Serve the mock on ``host:port`` until cancelled, then close within ~1 s."""
+    runner = web.AppRunner(
+        build_app(settings),
+        access_log=None,
+        handler_cancellation=True,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+    )
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port, backlog=2048).start()
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def run(host: str, port: int, settings: MockSettings) -> None:
+    """Serve the mock in this process until SIGTERM or SIGINT (uvloop when available)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a pinned dependency
+        asyncio.run(_serve_until_signal(host, port, settings))
+    else:
+        uvloop.run(_serve_until_signal(host, port, settings))
+
+
+async def _serve_until_signal(host: str, port: int, settings: MockSettings) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    server = asyncio.create_task(serve(host, port, settings))
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait((server, stopper), return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    server.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await server  # re-raises a start-up failure such as a port in use
+
+
+class _Handlers:
+    """Request handlers sharing the settings, the counters and the per-model call index."""
+
+    def __init__(self, settings: MockSettings, stats: RequestStats) -> None:
+        self._settings = settings
+        self._stats = stats
+        self._calls_by_model: dict[str, int] = {}
+        self._response_numbers = itertools.count()
+        # Random per process so ids from two mock processes do not collide.
+        self._id_prefix = f"chatcmpl-mock{os.urandom(6).hex()}"
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        try:
+            payload = orjson.loads(await request.read())
+        except orjson.JSONDecodeError as exc:
+            return self._refuse(invalid_request(f"Malformed JSON body: {exc}"))
+        if not isinstance(payload, dict):
+            return self._refuse(invalid_request("The request body must be a JSON object."))
+        model = payload.get("model")
+        if not isinstance(model, str) or not model:
+            return self._refuse(invalid_request("'model' must be a non-empty string.", "model"))
+
+        call_index = self._calls_by_model.get(model, 0)
+        self._calls_by_model[model] = call_index + 1
+        outcome = decide(payload, model, self._settings, call_index)
+        self._stats.record(outcome.status, model)
+        if outcome.latency_ms > 0:
+            await asyncio.sleep(outcome.latency_ms / 1000)
+        if isinstance(outcome, Failure):
+            return _json_response(error_body(outcome), outcome.status, outcome.headers)
+        response_id = f"{self._id_prefix}{next(self._response_numbers):x}"
+        created_s = int(time.time())
+        if outcome.stream:
+            return await self._stream(request, outcome, model, response_id, created_s)
+        body = completion_body(outcome.reply, model, response_id, created_s)
+        return _json_response(body, 200, outcome.headers)
+
+    async def models(self, _request: web.Request) -> web.Response:
+        return _json_response(models_body(), 200)
+
+    async def healthz(self, _request: web.Request) -> web.Response:
+        return _json_response({"status": "ok"}, 200)
+
+    async def stats(self, _request: web.Request) -> web.Response:
+        return _json_response(self._stats.snapshot(), 200)
+
+    async def reset_stats(self, _request: web.Request) -> web.Response:
+        self._stats.reset()
+        return _json_response(self._stats.snapshot(), 200)
+
+    def _refuse(self, failure: Failure) -> web.Response:
+        self._stats.record(failure.status, None)
+        return _json_response(error_body(failure), failure.status, failure.headers)
+
+    async def _stream(
+        self,
+        request: web.Request,
+        answer: Answer,
+        model: str,
+        response_id: str,
+        created_s: int,
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
+        await response.prepare(request)
+        chunks = stream_chunks(answer.reply, model, response_id, created_s, answer.include_usage)
+        events = [b"data: " + orjson.dumps(chunk) + b"\n\n" for chunk in chunks]
+        events.append(_DONE)
+        interval_ms = self._settings.stream_chunk_interval_ms
+        if interval_ms == 0:
+            await response.write(b"".join(events))
+        else:
+            # Role chunk and first word together: the latency is the time to first token.
+            await response.write(events[0] + events[1])
+            for event in events[2:]:
+                await asyncio.sleep(interval_ms / 1000)
+                await response.write(event)
+        await response.write_eof()
+        return response
+
+
+def _json_response(
+    body: Mapping[str, object], status: int, headers: tuple[tuple[str, str], ...] = ()
+) -> web.Response:
+    all_headers = {**_JSON_HEADERS, **dict(headers)} if headers else _JSON_HEADERS
+    return web.Response(body=orjson.dumps(body), status=status, headers=all_headers)

@@ -1,0 +1,256 @@
+"""Router wiring: tollway.requests.* -> provider calls -> tollway.results/attempts/replies.
+
+    in:  tollway.requests.interactive, tollway.requests.batch  (group `tollway-router`)
+    out: tollway.attempts (every provider call), tollway.results (one per execution),
+         tollway.replies (sync requests, to the waiting ingress's partition),
+         tollway.dead-letters (records that cannot be decoded)
+
+Guarantee: at-least-once. A record's offset is committed only after its
+attempts and result were acknowledged by Kafka (acks=all, idempotent producer),
+so a crash at any moment re-executes the uncommitted records: their results
+carry the same request_id and are deduplicated by every sink, their provider
+calls are recorded as additional attempts.
+
+The poll loop never waits on a provider: each record runs as its own task,
+bounded by `max_in_flight`; when the bound is reached the loop pauses fetching
+but keeps calling `getmany`, so a 2-minute provider call does not cost the
+worker its partitions. Records of a partition finish out of order;
+`OffsetTracker` commits only the contiguous finished prefix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.structs import ConsumerRecord
+
+from schemas import codec, topics
+from schemas.errors import DeadLetter, TollwayError
+from schemas.records import RequestEnvelope
+from schemas.routes import load_routes
+from schemas.settings import KafkaSettings
+from workers.providers.openai import OpenAIProvider
+from workers.router.execution import Execution, Executor
+from workers.router.offsets import OffsetTracker
+from workers.router.settings import RouterSettings
+
+log = logging.getLogger("tollway.router")
+
+_PUBLISH_BACKOFF_MAX_S = 5.0
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+    def __init__(self, router: Router) -> None:
+        self._router = router
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        # Let in-flight calls of the revoked partitions finish and commit them, so the
+        # new owner does not call the provider a second time for the same records.
+        await self._router.drain_partitions(revoked)
+        await self._router.commit()
+        for tp in revoked:
+            self._router.tracker.drop(tp)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        log.info("assigned %d partitions", len(assigned))
+
+
+class Router:
+    """One router process: a consumer-group member with its own producer."""
+
+    def __init__(self, kafka: KafkaSettings, settings: RouterSettings, executor: Executor) -> None:
+        self.kafka = kafka
+        self.settings = settings
+        self.executor = executor
+        self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks_by_tp: dict[TopicPartition, set[asyncio.Task[None]]] = {}
+        self._stopping = asyncio.Event()
+        self._paused = False
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=kafka.bootstrap,
+            group_id=settings.group_id,
+            client_id=f"tollway-router-{executor.router_id}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_interval_ms=settings.max_poll_interval_ms,
+            session_timeout_ms=settings.session_timeout_ms,
+            heartbeat_interval_ms=max(1_000, settings.session_timeout_ms // 3),
+            request_timeout_ms=kafka.request_timeout_ms + settings.session_timeout_ms,
+        )
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=kafka.bootstrap,
+            client_id=f"tollway-router-{executor.router_id}",
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=2,
+            request_timeout_ms=kafka.request_timeout_ms,
+        )
+
+    async def run(self) -> None:
+        await self.producer.start()
+        await self.consumer.start()
+        self.consumer.subscribe(
+            [topics.REQUESTS_INTERACTIVE.name, topics.REQUESTS_BATCH.name],
+            listener=_Rebalance(self),
+        )
+        last_commit = time.monotonic()
+        try:
+            while not self._stopping.is_set():
+                self._apply_backpressure()
+                room = self.settings.max_in_flight - len(self._tasks)
+                batch = await self.consumer.getmany(timeout_ms=100, max_records=max(1, room))
+                for tp, records in batch.items():
+                    for record in records:
+                        self.tracker.start(tp, record.offset)
+                        self._spawn(tp, record)
+                now = time.monotonic()
+                if (now - last_commit) * 1000 >= self.settings.commit_interval_ms:
+                    await self.commit()
+                    last_commit = now
+        finally:
+            await self._drain()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _spawn(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
+        task = asyncio.create_task(self._handle(tp, record))
+        per_tp = self._tasks_by_tp.setdefault(tp, set())
+        self._tasks.add(task)
+        per_tp.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(per_tp.discard)
+
+    async def drain_partitions(self, partitions: set[TopicPartition]) -> None:
+        """Wait (bounded by `revoke_drain_timeout_s`) for the partitions' in-flight records."""
+        pending = set().union(*(self._tasks_by_tp.get(tp, set()) for tp in partitions))
+        if pending:
+            await asyncio.wait(pending, timeout=self.settings.revoke_drain_timeout_s)
+
+    def _apply_backpressure(self) -> None:
+        full = len(self._tasks) >= self.settings.max_in_flight
+        if full and not self._paused:
+            self.consumer.pause(*self.consumer.assignment())
+            self._paused = True
+        elif not full and self._paused:
+            self.consumer.resume(*self.consumer.assignment())
+            self._paused = False
+
+    async def commit(self) -> None:
+        positions = self.tracker.to_commit()
+        if not positions:
+            return
+        try:
+            await self.consumer.commit(dict(positions))
+        except KafkaError as exc:  # rebalancing or broker away: the next tick retries
+            log.warning("commit failed (%s); will retry", type(exc).__name__)
+            return
+        self.tracker.mark_committed(positions)
+
+    async def _handle(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
+        try:
+            envelope = codec.decode("request", record.value or b"")
+        except DeadLetter as exc:
+            await self._publish_dead_letter(record, exc)
+        else:
+            try:
+                execution = await self.executor.execute(envelope)
+            except Exception:
+                # A bug of ours: answer the request with a 500 rather than stall the
+                # partition's commits and re-execute (and re-bill) it on every restart.
+                log.exception("execution of %s failed", envelope["request_id"])
+                failure = TollwayError("Internal error while routing the request.")
+                execution = Execution(self.executor.failed_result(envelope, failure))
+            await self._publish(envelope, execution)
+        self.tracker.finish(tp, record.offset)
+
+    async def _publish(self, envelope: RequestEnvelope, execution: Execution) -> None:
+        """Send attempts, result and (sync) reply together; retry until all are acked."""
+        key = envelope["request_id"].encode()
+        result_bytes = codec.encode("result", execution.result)
+        delay_s = 0.1
+        while True:
+            try:
+                futures = [
+                    await self.producer.send(
+                        topics.ATTEMPTS.name, codec.encode("attempt", a), key=key
+                    )
+                    for a in execution.attempts
+                ]
+                futures.append(await self.producer.send(topics.RESULTS.name, result_bytes, key=key))
+                if envelope["mode"] == "sync" and envelope["reply_partition"] is not None:
+                    futures.append(
+                        await self.producer.send(
+                            topics.REPLIES.name,
+                            result_bytes,
+                            key=key,
+                            partition=envelope["reply_partition"],
+                        )
+                    )
+                await asyncio.gather(*futures)
+            except KafkaError as exc:
+                log.warning("publish failed (%s); retrying in %.1fs", type(exc).__name__, delay_s)
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, _PUBLISH_BACKOFF_MAX_S)
+            else:
+                return
+
+    async def _publish_dead_letter(
+        self, record: ConsumerRecord[bytes, bytes], exc: DeadLetter
+    ) -> None:
+        headers = [
+            ("tollway-error", type(exc).__name__.encode()),
+            ("tollway-reason", str(exc).encode()),
+            ("tollway-source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
+        ]
+        log.error(
+            "dead letter from %s/%s@%s: %s", record.topic, record.partition, record.offset, exc
+        )
+        while True:
+            try:
+                await self.producer.send_and_wait(
+                    topics.DEAD_LETTERS.name, record.value, key=record.key, headers=headers
+                )
+            except KafkaError:
+                await asyncio.sleep(0.5)
+            else:
+                return
+
+    async def _drain(self) -> None:
+        """Graceful stop: finish in-flight work, commit it, leave the group."""
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=30)
+        with contextlib.suppress(KafkaError):
+            await self.commit()
+        await self.consumer.stop()
+        await self.producer.stop()
+        await self.executor.provider.aclose()
+
+
+def router_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+async def serve(kafka: KafkaSettings, settings: RouterSettings) -> None:
+    """Run one router until SIGTERM/SIGINT."""
+    executor = Executor(
+        routes=load_routes(settings.routes_file),
+        provider=OpenAIProvider(max_connections=settings.max_in_flight),
+        router_id=router_id(),
+    )
+    router = Router(kafka, settings, executor)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, router.stop)
+    log.info("router %s starting against %s", executor.router_id, kafka.bootstrap)
+    await router.run()
