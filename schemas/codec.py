@@ -29,9 +29,18 @@ from typing import Any, Final, Literal, cast, overload
 import fastavro
 
 from schemas.errors import CorruptRecord
-from schemas.records import Attempt, RequestEnvelope, Result
+from schemas.records import (
+    Attempt,
+    BudgetEvent,
+    BudgetState,
+    RequestEnvelope,
+    Result,
+    UsageRecord,
+)
 
-RecordName = Literal["request", "result", "attempt"]
+AnyRecord = RequestEnvelope | Result | Attempt | UsageRecord | BudgetState | BudgetEvent
+
+RecordName = Literal["request", "result", "attempt", "usage", "budget_state", "budget_event"]
 
 MAGIC: Final = b"\x00"
 _HEADER: Final = struct.Struct(">cI")
@@ -41,6 +50,11 @@ SCHEMA_IDS: Final[dict[int, tuple[RecordName, str]]] = {
     1: ("request", "request.v1.avsc"),
     2: ("result", "result.v1.avsc"),
     3: ("attempt", "attempt.v1.avsc"),
+    4: ("result", "result.v2.avsc"),
+    5: ("attempt", "attempt.v2.avsc"),
+    6: ("usage", "usage.v1.avsc"),
+    7: ("budget_state", "budget_state.v1.avsc"),
+    8: ("budget_event", "budget_event.v1.avsc"),
 }
 
 
@@ -88,7 +102,7 @@ def _load_default_registry() -> SchemaRegistry:
 REGISTRY: Final = _load_default_registry()
 
 
-def encode(name: RecordName, record: RequestEnvelope | Result | Attempt) -> bytes:
+def encode(name: RecordName, record: AnyRecord) -> bytes:
     """Encode with the latest schema of `name`, prefixed by its id."""
     entry = REGISTRY.latest(name)
     buf = io.BytesIO()
@@ -105,9 +119,17 @@ def decode(
 def decode(name: Literal["result"], data: bytes, registry: SchemaRegistry = ...) -> Result: ...
 @overload
 def decode(name: Literal["attempt"], data: bytes, registry: SchemaRegistry = ...) -> Attempt: ...
+@overload
+def decode(name: Literal["usage"], data: bytes, registry: SchemaRegistry = ...) -> UsageRecord: ...
+@overload
 def decode(
-    name: RecordName, data: bytes, registry: SchemaRegistry = REGISTRY
-) -> RequestEnvelope | Result | Attempt:
+    name: Literal["budget_state"], data: bytes, registry: SchemaRegistry = ...
+) -> BudgetState: ...
+@overload
+def decode(
+    name: Literal["budget_event"], data: bytes, registry: SchemaRegistry = ...
+) -> BudgetEvent: ...
+def decode(name: RecordName, data: bytes, registry: SchemaRegistry = REGISTRY) -> AnyRecord:
     """Decode a framed record into the latest shape of `name`.
 
     Raises `CorruptRecord` (a dead-letter error) for anything that is not a
@@ -135,4 +157,4 @@ def decode(
         raise CorruptRecord(f"{name}: undecodable body ({type(exc).__name__})") from exc
     if buf.tell() != len(data):
         raise CorruptRecord(f"{name}: {len(data) - buf.tell()} trailing bytes")
-    return cast("RequestEnvelope | Result | Attempt", record)
+    return cast("AnyRecord", record)

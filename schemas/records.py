@@ -33,12 +33,20 @@ class RequestEnvelope(TypedDict):
 
 
 class Usage(TypedDict):
-    """Token counts reported by a provider for one call."""
+    """Token counts reported by a provider for one call.
+
+    `prompt_tokens` includes `cached_tokens` (OpenAI's convention; adapters of
+    providers that report them apart add them up). `cache_write_tokens` are the
+    prompt tokens written to a prompt cache (Anthropic cache creation), also
+    included in `prompt_tokens`. `reasoning_tokens` are included in
+    `completion_tokens`.
+    """
 
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int
     reasoning_tokens: int
+    cache_write_tokens: int
 
 
 class Result(TypedDict):
@@ -62,6 +70,7 @@ class Result(TypedDict):
     completion_tokens: int
     cached_tokens: int
     reasoning_tokens: int
+    cache_write_tokens: int
     received_at_ms: int
     finished_at_ms: int
     metadata: dict[str, str]
@@ -89,7 +98,69 @@ class Attempt(TypedDict):
     completion_tokens: int
     cached_tokens: int
     reasoning_tokens: int
+    cache_write_tokens: int
     router_id: str
+
+
+CostStatus = Literal["priced", "unpriced", "cache_hit"]
+ScopeType = Literal["key", "team", "tag", "model", "global"]
+BudgetStatus = Literal["ok", "warn", "exceeded"]
+Enforcement = Literal["hard", "soft", "downgrade"]
+
+
+class UsageRecord(TypedDict):
+    """`tollway.usage` value (schema `usage`): one priced provider call. Money in nano-USD."""
+
+    usage_id: str
+    request_id: str
+    attempt_id: str
+    team_id: str
+    key_id: str | None
+    mode: Mode
+    requested_model: str
+    model: str
+    provider: str
+    deployment: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    cache_write_tokens: int
+    reasoning_tokens: int
+    cost_nano_usd: int
+    saved_nano_usd: int
+    cost_status: CostStatus
+    pricing_version: str
+    occurred_at_ms: int
+    priced_at_ms: int
+
+
+class BudgetState(TypedDict):
+    """`tollway.budget-state` value (schema `budget_state`), compacted by scope and window."""
+
+    scope_type: ScopeType
+    scope_id: str
+    window: str
+    spent_nano_usd: int
+    limit_nano_usd: int | None
+    remaining_nano_usd: int | None
+    status: BudgetStatus
+    enforcement: Enforcement
+    frees_at_ms: int | None
+    watermark_ms: int
+    updated_at_ms: int
+
+
+class BudgetEvent(TypedDict):
+    """`tollway.budget-events` value (schema `budget_event`): a threshold crossing."""
+
+    event_id: str
+    scope_type: ScopeType
+    scope_id: str
+    window: str
+    threshold_pct: int
+    spent_nano_usd: int
+    limit_nano_usd: int
+    occurred_at_ms: int
 
 
 ZERO_USAGE: Usage = {
@@ -97,4 +168,5 @@ ZERO_USAGE: Usage = {
     "completion_tokens": 0,
     "cached_tokens": 0,
     "reasoning_tokens": 0,
+    "cache_write_tokens": 0,
 }

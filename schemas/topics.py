@@ -62,6 +62,26 @@ ATTEMPTS: Final = Topic(
     config=_cfg(retention_ms=str(7 * _DAY_MS)),
     doc="One record per provider call (real spend), keyed by request_id.",
 )
+USAGE: Final = Topic(
+    "tollway.usage",
+    partitions=6,
+    config=_cfg(retention_ms=str(30 * _DAY_MS)),
+    doc="One priced record per provider call (cost processor), keyed by team_id.",
+)
+BUDGET_STATE: Final = Topic(
+    "tollway.budget-state",
+    partitions=6,
+    config=_cfg(
+        cleanup_policy="compact", min_cleanable_dirty_ratio="0.1", segment_ms=str(_HOUR_MS)
+    ),
+    doc="Latest spend per budget scope and window (budget processor); read by enforcement.",
+)
+BUDGET_EVENTS: Final = Topic(
+    "tollway.budget-events",
+    partitions=3,
+    config=_cfg(retention_ms=str(30 * _DAY_MS)),
+    doc="Threshold crossings (50/80/100%) for webhooks and analytics.",
+)
 DEAD_LETTERS: Final = Topic(
     "tollway.dead-letters",
     partitions=1,
@@ -75,5 +95,8 @@ ALL_TOPICS: Final[tuple[Topic, ...]] = (
     REPLIES,
     RESULTS,
     ATTEMPTS,
+    USAGE,
+    BUDGET_STATE,
+    BUDGET_EVENTS,
     DEAD_LETTERS,
 )

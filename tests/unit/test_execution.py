@@ -31,6 +31,7 @@ USAGE: Final[Usage] = {
     "completion_tokens": 22,
     "cached_tokens": 3,
     "reasoning_tokens": 4,
+    "cache_write_tokens": 0,
 }
 NO_RETRY: Final = RetryPolicy(retries_per_route=0)
 

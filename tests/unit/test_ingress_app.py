@@ -62,6 +62,7 @@ def _result(envelope: RequestEnvelope, *, failed: bool = False) -> Result:
         "completion_tokens": 0,
         "cached_tokens": 0,
         "reasoning_tokens": 0,
+        "cache_write_tokens": 0,
         "received_at_ms": envelope["received_at_ms"],
         "finished_at_ms": envelope["received_at_ms"] + 5,
         "metadata": envelope["metadata"],

@@ -96,6 +96,7 @@ async def test_success_parses_usage_and_keeps_the_body(
         "completion_tokens": 7,
         "cached_tokens": 16,
         "reasoning_tokens": 3,
+        "cache_write_tokens": 0,
     }
     assert reply.served_model == "gpt-4o-mini-2024-07-18"
 

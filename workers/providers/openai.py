@@ -33,7 +33,7 @@ from schemas.errors import (
     ProviderServerError,
     ProviderTimeout,
 )
-from schemas.records import Usage
+from schemas.records import ZERO_USAGE, Usage
 from schemas.routes import Deployment
 from workers.providers.base import ProviderReply
 
@@ -99,12 +99,7 @@ def _retry_after_s(value: str | None) -> float | None:
 def usage_from_openai(usage: Any) -> Usage:
     """Usage from an OpenAI `usage` object; missing parts count as zero."""
     if not isinstance(usage, dict):
-        return {
-            "prompt_tokens": 0,
-            "completion_tokens": 0,
-            "cached_tokens": 0,
-            "reasoning_tokens": 0,
-        }
+        return ZERO_USAGE.copy()
     prompt_details = usage.get("prompt_tokens_details") or {}
     completion_details = usage.get("completion_tokens_details") or {}
     return {
@@ -112,6 +107,7 @@ def usage_from_openai(usage: Any) -> Usage:
         "completion_tokens": _tokens(usage.get("completion_tokens")),
         "cached_tokens": _tokens(prompt_details.get("cached_tokens")),
         "reasoning_tokens": _tokens(completion_details.get("reasoning_tokens")),
+        "cache_write_tokens": 0,  # OpenAI caches implicitly and bills no cache writes
     }
 
 
