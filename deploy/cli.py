@@ -27,7 +27,9 @@ def _logging() -> None:
         level=os.environ.get("TOLLWAY_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    # httpx logs every request at INFO: on the router's hot path that is CPU per call.
+    for noisy in ("aiokafka", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _cmd_ingress(_: argparse.Namespace) -> int:
@@ -62,6 +64,20 @@ def _cmd_mock(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cost(_: argparse.Namespace) -> int:
+    from workers.cost.agent import run_cost_processor
+
+    run_cost_processor()
+    return 0
+
+
+def _cmd_budget(_: argparse.Namespace) -> int:
+    from workers.budget.agent import run_budget_processor
+
+    run_budget_processor()
+    return 0
+
+
 def _cmd_kafka(args: argparse.Namespace) -> int:
     from deploy.stack import kafka
 
@@ -73,8 +89,11 @@ def _cmd_kafka(args: argparse.Namespace) -> int:
 
 def _cmd_topics(_: argparse.Namespace) -> int:
     from deploy.topics import ensure_topics
+    from schemas.batch_topics import ALL_BATCH_AND_CALLBACK_TOPICS
+    from schemas.topics import ALL_TOPICS
 
-    created = asyncio.run(ensure_topics(KafkaSettings().bootstrap))
+    wanted = ALL_TOPICS + ALL_BATCH_AND_CALLBACK_TOPICS
+    created = asyncio.run(ensure_topics(KafkaSettings().bootstrap, wanted))
     print("created: " + (", ".join(created) if created else "nothing (all exist)"))
     return 0
 
@@ -168,6 +187,20 @@ def parser() -> argparse.ArgumentParser:
     kafka.add_argument("action", choices=["start", "stop", "status", "reset", "bootstrap"])
     kafka.set_defaults(func=_cmd_kafka)
     sub.add_parser("topics", help="create the topics").set_defaults(func=_cmd_topics)
+    from workers.batches.cli import add_commands as add_batch_commands
+    from workers.callbacks.cli import add_commands as add_callback_commands
+
+    add_batch_commands(sub)
+    add_callback_commands(sub)
+    from analytics.cli import add_commands as add_analytics_commands
+
+    add_analytics_commands(sub)
+    sub.add_parser("cost-processor", help="price provider calls (faust)").set_defaults(
+        func=_cmd_cost
+    )
+    sub.add_parser("budget-processor", help="rolling budget windows (faust)").set_defaults(
+        func=_cmd_budget
+    )
     return root
 
 

@@ -21,6 +21,8 @@ from typing import IO
 import httpx
 
 from deploy.topics import ensure_topics
+from schemas.batch_topics import ALL_BATCH_AND_CALLBACK_TOPICS
+from schemas.topics import ALL_TOPICS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KAFKA_SCRIPT = REPO_ROOT / "deploy" / "kafka" / "kafka.sh"
@@ -48,7 +50,7 @@ def start_kafka() -> str:
     if done.returncode != 0:
         raise StackError(f"Kafka did not start:\n{done.stdout}\n{done.stderr}")
     bootstrap = kafka("bootstrap").stdout.strip()
-    asyncio.run(ensure_topics(bootstrap))
+    asyncio.run(ensure_topics(bootstrap, ALL_TOPICS + ALL_BATCH_AND_CALLBACK_TOPICS))
     return bootstrap
 
 
@@ -102,6 +104,7 @@ class Stack:
 
     ingress_port: int = 8000
     mock_port: int = 18080
+    clickhouse_port: int = 18123
     routers: int = 1
     use_mock: bool = True
     mock_latency_ms: int = 50
@@ -114,7 +117,12 @@ class Stack:
         return f"http://127.0.0.1:{self.ingress_port}"
 
     def plan(self, bootstrap: str) -> list[Component]:
-        env = {"TOLLWAY_KAFKA_BOOTSTRAP": bootstrap, **self.extra_env}
+        env = {
+            "TOLLWAY_KAFKA_BOOTSTRAP": bootstrap,
+            "TOLLWAY_BATCHES_STORE_DIR": str(STATE_DIR / "files"),
+            "CLICKHOUSE_URL": f"http://127.0.0.1:{self.clickhouse_port}",
+            **self.extra_env,
+        }
         if self.use_mock:
             env.setdefault("TOLLWAY_MOCK_URL", f"http://127.0.0.1:{self.mock_port}/v1")
         parts: list[Component] = []
@@ -134,6 +142,17 @@ class Stack:
                 )
             )
         parts.extend(Component(f"router-{i}", ["router"], env) for i in range(1, self.routers + 1))
+        parts.append(Component(
+            "clickhouse",
+            ["analytics", "serve", "--port", str(self.clickhouse_port),
+             "--data-path", str(STATE_DIR / "clickhouse")],
+            env, f"http://127.0.0.1:{self.clickhouse_port}/ping",
+        ))  # fmt: skip
+        parts.append(Component("loader", ["loader"], env))
+        parts.append(Component("cost-processor", ["cost-processor"], env))
+        parts.append(Component("budget-processor", ["budget-processor"], env))
+        parts.append(Component("batches-worker", ["batches-worker"], env))
+        parts.append(Component("callbacks", ["callbacks"], env))
         parts.append(
             Component(
                 "ingress",

@@ -45,10 +45,6 @@ def parse_chat_request(body: bytes, routes: RoutesConfig) -> ChatCompletionReque
             else first["msg"]
         )
         raise InvalidRequest(f"{detail}: {param}", param=param) from exc
-    if request.stream:
-        raise InvalidRequest(
-            "stream=true is not available on this endpoint yet; use stream=false.", param="stream"
-        )
     routes.resolve(request.model)  # raises UnknownModel
     return request
 
@@ -66,13 +62,14 @@ def build_envelope(
     ingress_id: str,
     reply_partition: int | None,
     metadata: dict[str, str] | None = None,
+    endpoint: str = CHAT_ENDPOINT,
 ) -> RequestEnvelope:
     return {
         "request_id": request_id,
         "team_id": team_id,
         "key_id": key_id,
         "mode": mode,
-        "endpoint": CHAT_ENDPOINT,
+        "endpoint": endpoint,
         "model": model,
         "body": body,
         "received_at_ms": now_ms,

@@ -15,10 +15,11 @@ caller belongs to the team `default`.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -26,17 +27,30 @@ import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
 
-from ingress.admission import build_envelope, parse_chat_request
-from ingress.bus import Bus, wait_reply
+from ingress.admission import CHAT_ENDPOINT, build_envelope, parse_chat_request
+from ingress.bus import Bus, StreamItem, wait_reply
 from ingress.ids import new_request_id, verify_request_id
 from ingress.settings import IngressSettings
 from schemas import topics
-from schemas.errors import BodyTooLarge, NotFound, ServiceUnavailable, TollwayError
+from schemas.errors import (
+    BodyTooLarge,
+    DeadlineExceeded,
+    InvalidRequest,
+    NotFound,
+    ServiceUnavailable,
+    TollwayError,
+)
 from schemas.records import Mode, Result
 from schemas.routes import RoutesConfig
+from workers.callbacks.events import (
+    CALLBACK_URL_KEY,
+    RESERVED_PREFIX,
+    InvalidCallbackUrl,
+    validate_callback_url,
+)
 
 DEFAULT_TEAM = "default"
 REQUEST_ID_HEADER = "x-tollway-request-id"
@@ -80,6 +94,27 @@ async def read_body(request: Request, limit_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
+def take_callback_url(body: bytes, mode: Mode) -> tuple[bytes, dict[str, str]]:
+    """Move a top-level `callback_url` out of the body into reserved metadata.
+
+    Only async requests take one (their result is delivered by signed webhook,
+    workers/callbacks); the address is checked again at every delivery (SSRF guard).
+    """
+    try:
+        raw = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body, {}  # admission reports the syntax error
+    if not isinstance(raw, dict) or "callback_url" not in raw:
+        return body, {}
+    if mode != "async":
+        raise InvalidRequest("callback_url is only accepted by /v1/async/...", param="callback_url")
+    try:
+        url = validate_callback_url(raw.pop("callback_url"))
+    except InvalidCallbackUrl as exc:
+        raise InvalidRequest(str(exc), param="callback_url") from exc
+    return orjson.dumps(raw), {CALLBACK_URL_KEY: url}
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -97,9 +132,36 @@ class Ingress:
         self._secret = settings.id_secret.get_secret_value().encode()
 
     async def _accept(self, request: Request, mode: Mode) -> tuple[str, Any]:
-        """Validate and publish; returns (request_id, reply future or None)."""
+        """Validate and publish; returns (request_id, the reply future / stream queue / None)."""
         body = await read_body(request, self.settings.max_body_bytes)
+        extra: dict[str, str] = {}
+        if b'"callback_url"' in body:
+            body, extra = take_callback_url(body, mode)
+        return await self.submit(body, mode, extra_metadata=extra)
+
+    async def submit(
+        self,
+        body: bytes,
+        mode: Mode,
+        *,
+        endpoint: str = CHAT_ENDPOINT,
+        extra_metadata: dict[str, str] | None = None,
+    ) -> tuple[str, Any]:
+        """Validate a canonical (OpenAI-format) body and publish it durably.
+
+        Returns (request_id, waiter): for sync, the reply future or (stream) the
+        chunk queue; None for async. Other API surfaces (e.g. Anthropic's
+        /v1/messages) translate their body to the canonical one and call this.
+        """
         chat = parse_chat_request(body, self.routes)
+        if chat.stream and mode != "sync":
+            raise InvalidRequest("stream=true needs the synchronous endpoint.", param="stream")
+        metadata = dict(chat.metadata or {})
+        if any(key.startswith(RESERVED_PREFIX) for key in metadata):
+            raise InvalidRequest(
+                f"metadata keys starting with {RESERVED_PREFIX!r} are reserved.", param="metadata"
+            )
+        metadata.update(extra_metadata or {})
         team_id = DEFAULT_TEAM
         request_id = new_request_id(self._secret, team_id)
         received = now_ms()
@@ -115,23 +177,86 @@ class Ingress:
             deadline_ms=deadline,
             ingress_id=self.ingress_id,
             reply_partition=self.bus.reply_partition if mode == "sync" else None,
-            metadata=chat.metadata,
+            metadata=metadata,
+            endpoint=endpoint,
         )
-        future = self.bus.expect_reply(request_id) if mode == "sync" else None
+        waiter: Any = None
+        if mode == "sync":
+            waiter = (
+                self.bus.expect_stream(request_id)
+                if chat.stream
+                else self.bus.expect_reply(request_id)
+            )
         try:
             await self.bus.publish(topics.REQUESTS_INTERACTIVE.name, envelope)
         except BaseException:
             self.bus.forget_reply(request_id)
             raise
-        return request_id, future
+        return request_id, waiter
 
     async def chat_completions(self, request: Request) -> Response:
         request_id, future = await self._accept(request, "sync")
+        if isinstance(future, asyncio.Queue):
+            return await self._stream(request_id, future)
         try:
-            result = await wait_reply(self.bus, future, request_id, self.settings.sync_timeout_s)
+            result = await self.wait(request_id, future)
         except TollwayError as exc:
             return error_response(exc, request_id)
         return result_response(result)
+
+    async def wait(self, request_id: str, future: asyncio.Future[Result]) -> Result:
+        """The sync reply of a submitted request (`DeadlineExceeded` after the timeout)."""
+        return await wait_reply(self.bus, future, request_id, self.settings.sync_timeout_s)
+
+    async def _stream(self, request_id: str, queue: asyncio.Queue[StreamItem]) -> Response:
+        """Server-sent events relayed from tollway.replies as the router produces them.
+
+        The status line is decided by the first item: a chunk starts a 200 event
+        stream; a failed Result before any chunk is an ordinary error response (so
+        fallback and errors look the same as without streaming). After the first
+        chunk an error can only be reported in-stream. Chunks of another execution
+        (after a redelivery) are dropped.
+        """
+        deadline = asyncio.get_running_loop().time() + self.settings.sync_timeout_s
+
+        async def next_item() -> StreamItem:
+            remaining = deadline - asyncio.get_running_loop().time()
+            return await asyncio.wait_for(queue.get(), max(0.0, remaining))
+
+        try:
+            first = await next_item()
+        except TimeoutError:
+            self.bus.forget_reply(request_id)
+            return error_response(DeadlineExceeded("No first chunk in time."), request_id)
+        if "seq" not in first:
+            self.bus.forget_reply(request_id)
+            return result_response(first)
+        execution_id = first["execution_id"]
+
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                item: StreamItem = first
+                while True:
+                    if "seq" in item:
+                        if item["execution_id"] == execution_id:
+                            yield b"data: " + item["data"] + b"\n\n"  # type: ignore[typeddict-item]
+                    else:
+                        if item["status"] == "failed":
+                            yield b"data: " + item["body"] + b"\n\n"
+                        yield b"data: [DONE]\n\n"
+                        return
+                    item = await next_item()
+            except TimeoutError:
+                error = DeadlineExceeded("The stream did not finish in time.")
+                yield b"data: " + orjson.dumps(error.to_body()) + b"\n\n"
+            finally:
+                self.bus.forget_reply(request_id)
+
+        return StreamingResponse(
+            events(),
+            media_type="text/event-stream",
+            headers={REQUEST_ID_HEADER: request_id, "cache-control": "no-cache"},
+        )
 
     async def async_chat_completions(self, request: Request) -> Response:
         request_id, _ = await self._accept(request, "async")
@@ -213,8 +338,10 @@ def build_app(
     *,
     ingress_id: str | None = None,
     lifespan_hooks: tuple[Callable[[], Any], Callable[[], Any]] | None = None,
+    extra_routes: Sequence[Callable[[Ingress], list[BaseRoute]]] = (),
 ) -> Starlette:
-    """The ASGI app. `lifespan_hooks` = (start, stop) coroutines for the bus."""
+    """The ASGI app. `lifespan_hooks` = (start, stop) coroutines for the bus;
+    `extra_routes` = factories of more API surfaces built on the same `Ingress`."""
     ingress = Ingress(
         settings, routes, bus, ingress_id or f"ingress-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     )
@@ -237,6 +364,7 @@ def build_app(
             Route("/v1/models", ingress.list_models, methods=["GET"]),
             Route("/healthz", ingress.healthz, methods=["GET"]),
             Route("/readyz", ingress.readyz, methods=["GET"]),
+            *(route for factory in extra_routes for route in factory(ingress)),
         ],
         exception_handlers={
             TollwayError: _tollway_error,

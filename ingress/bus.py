@@ -13,7 +13,9 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from schemas.errors import DeadlineExceeded, ServiceUnavailable
-from schemas.records import RequestEnvelope, Result
+from schemas.records import RequestEnvelope, Result, StreamChunk
+
+StreamItem = StreamChunk | Result
 
 
 class Bus(Protocol):
@@ -26,6 +28,10 @@ class Bus(Protocol):
 
     def expect_reply(self, request_id: str) -> asyncio.Future[Result]:
         """Register interest in a sync reply BEFORE publishing, so none is missed."""
+        ...
+
+    def expect_stream(self, request_id: str) -> asyncio.Queue[StreamItem]:
+        """Register a streamed reply: chunks in order, then the Result."""
         ...
 
     def forget_reply(self, request_id: str) -> None: ...
@@ -56,35 +62,57 @@ async def wait_reply(
 
 
 class ReplyWaiters:
-    """Futures of sync requests waiting for their reply, by request id (shared by buses)."""
+    """Sync requests waiting for their reply, by request id (shared by buses).
+
+    A plain sync request waits on a future for its Result; a streamed one on a
+    queue that receives its chunks in order and then its Result.
+    """
 
     def __init__(self) -> None:
         self._waiters: dict[str, asyncio.Future[Result]] = {}
+        self._streams: dict[str, asyncio.Queue[StreamItem]] = {}
 
     def expect_reply(self, request_id: str) -> asyncio.Future[Result]:
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._waiters[request_id] = future
         return future
 
+    def expect_stream(self, request_id: str) -> asyncio.Queue[StreamItem]:
+        queue: asyncio.Queue[StreamItem] = asyncio.Queue()
+        self._streams[request_id] = queue
+        return queue
+
     def forget_reply(self, request_id: str) -> None:
         self._waiters.pop(request_id, None)
+        self._streams.pop(request_id, None)
 
     def waiting(self, request_id: str) -> bool:
         waiter = self._waiters.get(request_id)
-        return waiter is not None and not waiter.done()
+        return (waiter is not None and not waiter.done()) or request_id in self._streams
 
     def resolve(self, result: Result) -> None:
         """Hand `result` to its waiter, if one is still waiting."""
-        waiter = self._waiters.get(result["request_id"])
+        request_id = result["request_id"]
+        stream = self._streams.get(request_id)
+        if stream is not None:
+            stream.put_nowait(result)
+            return
+        waiter = self._waiters.get(request_id)
         if waiter is not None and not waiter.done():
             waiter.set_result(result)
 
+    def push_chunk(self, chunk: StreamChunk) -> None:
+        stream = self._streams.get(chunk["request_id"])
+        if stream is not None:
+            stream.put_nowait(chunk)
 
-Responder = Callable[[RequestEnvelope], Awaitable[Result | None]]
+
+Responder = Callable[[RequestEnvelope], Awaitable[Result | list[StreamItem] | None]]
 
 
 class MemoryBus(ReplyWaiters):
-    """In-memory `Bus`: results come from `responder`, which may return None (no answer)."""
+    """In-memory `Bus`: answers come from `responder`: a Result, a list of stream items
+    (chunks then the Result), or None (no answer)."""
 
     def __init__(self, responder: Responder, *, available: bool = True) -> None:
         super().__init__()
@@ -110,11 +138,15 @@ class MemoryBus(ReplyWaiters):
         task.add_done_callback(self._tasks.discard)
 
     async def _answer(self, envelope: RequestEnvelope) -> None:
-        result = await self.responder(envelope)
-        if result is None:
-            return
-        self.results.setdefault(result["request_id"], result)
-        self.resolve(result)
+        answer = await self.responder(envelope)
+        items = answer if isinstance(answer, list) else [] if answer is None else [answer]
+        for item in items:
+            if "seq" in item:
+                self.push_chunk(item)  # type: ignore[arg-type]  # "seq" marks a StreamChunk
+            else:
+                result: Result = item
+                self.results.setdefault(result["request_id"], result)
+                self.resolve(result)
 
     async def lookup(self, request_id: str) -> Result | None:
         return self.results.get(request_id)

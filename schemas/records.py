@@ -102,6 +102,15 @@ class Attempt(TypedDict):
     router_id: str
 
 
+class StreamChunk(TypedDict):
+    """`tollway.replies` value (schema `stream_chunk`): one chunk of a streamed reply."""
+
+    request_id: str
+    execution_id: str
+    seq: int
+    data: bytes
+
+
 CostStatus = Literal["priced", "unpriced", "cache_hit"]
 ScopeType = Literal["key", "team", "tag", "model", "global"]
 BudgetStatus = Literal["ok", "warn", "exceeded"]
@@ -170,3 +179,99 @@ ZERO_USAGE: Usage = {
     "reasoning_tokens": 0,
     "cache_write_tokens": 0,
 }
+
+
+# --- batches and callbacks (workers/batches, workers/callbacks) --------------------------
+
+BatchStatus = Literal[
+    "validating",
+    "in_progress",
+    "finalizing",
+    "completed",
+    "failed",
+    "expired",
+    "cancelling",
+    "cancelled",
+]
+
+
+class BatchErrorRecord(TypedDict):
+    """A batch-level error (why a batch failed), in OpenAI's `errors.data[]` shape."""
+
+    code: str
+    message: str
+    line: int | None
+    param: str | None
+
+
+class BatchState(TypedDict):
+    """`tollway.batch-state` value (schema `batch_state`), compacted by batch id."""
+
+    batch_id: str
+    team_id: str
+    version: int
+    status: BatchStatus
+    endpoint: str
+    completion_window: str
+    input_file_id: str
+    output_file_id: str | None
+    error_file_id: str | None
+    model: str | None
+    metadata: dict[str, str]
+    created_at_ms: int
+    expires_at_ms: int
+    in_progress_at_ms: int | None
+    finalizing_at_ms: int | None
+    completed_at_ms: int | None
+    failed_at_ms: int | None
+    expired_at_ms: int | None
+    cancelling_at_ms: int | None
+    cancelled_at_ms: int | None
+    total: int
+    completed: int
+    failed: int
+    invalid: int
+    enqueued: int
+    expanded: bool
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    reasoning_tokens: int
+    errors: list[BatchErrorRecord]
+    done: bytes
+    segments: int
+    results_offsets: dict[str, int]
+    updated_at_ms: int
+
+
+class BatchCommand(TypedDict):
+    """`tollway.batch-state` value under key `<batch_id>/<command>` (schema `batch_command`)."""
+
+    batch_id: str
+    team_id: str
+    command: Literal["cancel"]
+    requested_at_ms: int
+
+
+class WebhookDelivery(TypedDict):
+    """`tollway.callbacks.retry` / `.dead` value (schema `webhook_delivery`)."""
+
+    webhook_id: str
+    team_id: str
+    endpoint_key: str
+    url: str
+    event_type: str
+    payload: bytes
+    attempt: int
+    first_attempt_at_ms: int
+    due_at_ms: int
+    last_error: str | None
+
+
+class WebhookEndpointState(TypedDict):
+    """`tollway.callbacks.endpoints` value (schema `webhook_endpoint`), compacted by key."""
+
+    endpoint_key: str
+    disabled: bool
+    reason: str | None
+    updated_at_ms: int

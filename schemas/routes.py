@@ -6,24 +6,41 @@ default catalogue routes well-known model names to the real OpenAI API when
 stack runs offline. Credentials are named by environment variable, never
 written in the file; no request field can choose an upstream host.
 
+`provider` names the wire format: `openai` (also any OpenAI-compatible server),
+`anthropic` (Messages API), `gemini` (generateContent) or `azure` (Azure OpenAI,
+where `model` is the Azure deployment name and `api_version` is required).
+
 A model name ending in `*` is a prefix pattern: `mock-*` routes every model
 whose name starts with `mock-` (the mock provider chooses behaviour by name).
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 from collections.abc import Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Final, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from schemas.errors import UnknownModel
 
 DEFAULT_MOCK_URL: Final = "http://127.0.0.1:18080/v1"
 _DEFAULT_MODELS: Final = ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4.1")
+
+ProviderKind = Literal["openai", "anthropic", "gemini", "azure"]
+"""The wire formats Tollway speaks upstream; one adapter each (workers/providers/)."""
 
 
 class Deployment(BaseModel):
@@ -32,7 +49,7 @@ class Deployment(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: Annotated[str, Field(min_length=1)]
-    provider: Literal["openai"] = "openai"
+    provider: ProviderKind = "openai"
     base_url: Annotated[str, Field(pattern=r"^https?://")]
     model: str | None = Field(
         default=None, description="Upstream model name; defaults to the requested name."
@@ -41,14 +58,69 @@ class Deployment(BaseModel):
         default=None, description="Environment variable holding the API key."
     )
     timeout_s: Annotated[float, Field(gt=0, le=3600)] = 600.0
+    weight: Annotated[float, Field(ge=0, le=1_000_000)] = Field(
+        default=1.0, description="Share of traffic under the `weighted` strategy."
+    )
+    rpm: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="Requests per minute this deployment allows (paces queued work)."
+    )
+    tpm: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="Tokens per minute this deployment allows (paces queued work)."
+    )
+    input_usd_per_mtok: Annotated[Decimal, Field(ge=0)] | None = Field(
+        default=None, description="Price hint for `lowest_cost` routing, USD per 1M input tokens."
+    )
+    output_usd_per_mtok: Annotated[Decimal, Field(ge=0)] | None = Field(
+        default=None, description="Price hint for `lowest_cost` routing, USD per 1M output tokens."
+    )
+    api_version: Annotated[str, Field(min_length=1)] | None = Field(
+        default=None,
+        validate_default=True,  # so a missing one is reported at this field's path
+        description="Azure OpenAI `api-version` query parameter (azure only, required there).",
+    )
+
+    @field_validator("api_version", mode="before")
+    @classmethod
+    def _api_version_as_written(cls, value: object) -> object:
+        # YAML reads an unquoted 2024-10-21 as a date; the API wants the text.
+        return value.isoformat() if isinstance(value, datetime.date) else value
+
+    @field_validator("api_version")
+    @classmethod
+    def _api_version_only_for_azure(cls, value: str | None, info: ValidationInfo) -> str | None:
+        provider = info.data.get("provider")
+        if provider is None:
+            return value  # `provider` itself is invalid and reported already
+        if provider == "azure" and value is None:
+            raise ValueError("an azure deployment needs `api_version`")
+        if provider != "azure" and value is not None:
+            raise ValueError(f"`api_version` is only used by azure, not {provider}")
+        return value
+
+    def cost_hint_usd_per_mtok(self) -> Decimal | None:
+        """Input + output price per 1M tokens, for ordering by cost (None: unknown)."""
+        if self.input_usd_per_mtok is None or self.output_usd_per_mtok is None:
+            return None
+        return self.input_usd_per_mtok + self.output_usd_per_mtok
+
+
+Strategy = Literal["priority", "weighted", "least_latency", "lowest_cost"]
 
 
 class ModelRoute(BaseModel):
-    """A client-facing model: its deployments in fallback order."""
+    """A client-facing model: its deployments, how to order them, and special chains.
+
+    `context_window_fallbacks` and `content_policy_fallbacks` name other
+    client-facing models to try, in order, when every deployment refused the
+    request as too long (`context_length_exceeded`) or by content policy.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     deployments: Annotated[tuple[Deployment, ...], Field(min_length=1)]
+    strategy: Strategy = "priority"
+    context_window_fallbacks: tuple[str, ...] = ()
+    content_policy_fallbacks: tuple[str, ...] = ()
 
 
 class RoutesConfig(BaseModel):
@@ -71,6 +143,15 @@ class RoutesConfig(BaseModel):
         if best is None:
             raise UnknownModel(f"The model `{model}` does not exist", param="model")
         return best[1]
+
+    @model_validator(mode="after")
+    def _fallback_models_exist(self) -> RoutesConfig:
+        for name, route in self.models.items():
+            for chain in (route.context_window_fallbacks, route.content_policy_fallbacks):
+                for target in chain:
+                    if target not in self.models:
+                        raise ValueError(f"models.{name}: fallback model {target!r} is not defined")
+        return self
 
     def public_names(self) -> list[str]:
         return sorted(name for name in self.models if not name.endswith("*"))

@@ -136,7 +136,10 @@ async def test_sigkill_of_a_router_mid_run_loses_no_accepted_request(
         await asyncio.gather(*tasks)
 
         assert killed
-        assert len(accepted) == int(rate_per_s * duration_s)
+        submitted = int(rate_per_s * duration_s)
+        # The invariant is about what was accepted; a request refused under load (not 202)
+        # was never promised anything. On an idle machine all are accepted.
+        assert len(accepted) >= 0.95 * submitted, f"only {len(accepted)}/{submitted} accepted"
         ids = set(accepted)
         counts = await results_per_id(kafka_bootstrap, ids, timeout_s=90)
         missing = ids - set(counts)
@@ -150,3 +153,18 @@ async def test_sigkill_of_a_router_mid_run_loses_no_accepted_request(
         polled = await asyncio.gather(*(client.get(f"/v1/async/requests/{i}") for i in sample))
         assert all(p.json()["status"] == "succeeded" for p in polled)
     stack.restart("router-1")
+
+
+def test_the_openai_sdk_streams_through_kafka(stack: Stack) -> None:
+    client = OpenAI(base_url=f"{stack.url}/v1", api_key="any", max_retries=0)
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "Hello"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens > 0

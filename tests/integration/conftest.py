@@ -14,7 +14,7 @@ from schemas.routes import Deployment, ModelRoute, RoutesConfig
 from schemas.settings import KafkaSettings
 from workers.providers.mock.behaviour import MockSettings
 from workers.providers.mock.server import build_app
-from workers.providers.openai import OpenAIProvider
+from workers.providers.registry import build_registry
 from workers.router.consumer import Router
 from workers.router.execution import Executor
 from workers.router.settings import RouterSettings
@@ -64,7 +64,7 @@ async def run_router(
 
     def start(group_id: str) -> asyncio.Task[None]:
         executor = Executor(
-            routes=routes_for(mock_url), provider=OpenAIProvider(), router_id=f"test-{group_id}"
+            routes=routes_for(mock_url), provider=build_registry({}), router_id=f"test-{group_id}"
         )
         router = Router(
             KafkaSettings(bootstrap=kafka_bootstrap),
@@ -79,3 +79,47 @@ async def run_router(
     for router, _ in routers:
         router.stop()
     await asyncio.gather(*(task for _, task in routers), return_exceptions=True)
+
+
+from collections.abc import Iterator  # noqa: E402  # appended together with the fixture below
+
+
+@pytest.fixture(scope="session")
+def clickhouse_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The embedded ClickHouse (`analytics serve`) as its own process: chdb allows one engine
+    per process, so it must not live in the test process. Tests isolate by database name."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import httpx
+
+    port = free_port()
+    data = tmp_path_factory.mktemp("clickhouse")
+    log = (data / "server.log").open("wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "analytics.cli", "analytics", "serve", "--port", str(port),
+         "--data-path", str(data / "store")],
+        cwd=Path(__file__).resolve().parents[2], stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{url}/ping", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            pytest.fail(f"the embedded ClickHouse did not start; see {data / 'server.log'}")
+        time.sleep(0.1)
+    yield url
+    server.terminate()
+    try:
+        server.wait(15)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+    log.close()

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from ingress.app import build_app
@@ -100,3 +101,16 @@ async def test_kafka_unreachable_answers_503_and_never_2xx(mock_url: str) -> Non
         response = await client.post("/v1/async/chat/completions", json=CHAT)
     assert response.status_code == 503
     assert response.json()["error"]["type"] == "service_unavailable"
+
+
+async def test_streaming_relays_chunks_through_kafka(gateway: httpx.AsyncClient) -> None:
+    body = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+    async with gateway.stream("POST", "/v1/chat/completions", json=body) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = [line[6:] async for line in response.aiter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [orjson.loads(e) for e in events[:-1]]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text
+    assert chunks[-1]["usage"]["completion_tokens"] > 0

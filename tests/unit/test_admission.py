@@ -153,11 +153,8 @@ def test_invalid_requests(body: bytes, param: str, in_message: str) -> None:
     assert info.value.message.endswith(f": {param}")  # the message names the field
 
 
-def test_stream_true_is_refused() -> None:
-    with pytest.raises(InvalidRequest) as info:
-        parse_chat_request(_body(stream=True), ROUTES)
-    assert info.value.param == "stream"
-    assert "stream=true is not available" in info.value.message
+def test_stream_true_is_accepted() -> None:
+    assert parse_chat_request(_body(stream=True), ROUTES).stream is True
 
 
 def test_unknown_model_is_404_model_not_found() -> None:

@@ -31,7 +31,33 @@ PURE: Final = (
     "workers/router/offsets.py",
     "workers/router/policy.py",
     "workers/router/fallback.py",
+    "workers/router/health.py",
+    "workers/router/pacing.py",
+    "workers/router/stream_assembly.py",
+    "workers/providers/sse.py",
+    "workers/providers/canonical.py",
+    "workers/batches/jsonl.py",
+    "workers/batches/state.py",
+    "workers/batches/assembler.py",
+    "workers/batches/expander.py",
+    "workers/batches/progress.py",
+    "workers/callbacks/signing.py",
+    "workers/callbacks/ssrf.py",
+    "workers/callbacks/retry.py",
+    "workers/callbacks/endpoints.py",
+    "workers/callbacks/events.py",
+    "schemas/batch_topics.py",
     "workers/providers/mock/behaviour.py",
+    "workers/cost/pricing.py",
+    "workers/cost/catalogue.py",
+    "workers/cost/usage.py",
+    "workers/cost/build_catalogue.py",
+    "workers/budget/windows.py",
+    "workers/budget/config.py",
+    "workers/budget/ledger.py",
+    "workers/budget/states.py",
+    "workers/budget/freshness.py",
+    "workers/budget/enforcement.py",
 )
 #: Third-party roots a pure module may import (besides the standard library).
 ALLOWED_THIRD_PARTY: Final = frozenset({"pydantic", "orjson", "yaml"})
@@ -180,7 +206,7 @@ def test_the_walker_sees_what_it_should() -> None:
     assert len(list(_project_sources())) > 20
     assert "fastavro" in _closure(ROOT / "schemas/codec.py")
     assert {"starlette", "orjson"} <= _closure(ROOT / "ingress/app.py")
-    assert "schemas.routes" in _imports(ROOT / "workers/router/policy.py")
+    assert "schemas.routes" in _imports(ROOT / "workers/router/execution.py")
 
 
 # --- topics ---------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from schemas.errors import (
     AllProvidersFailed,
     AuthenticationFailed,
     BodyTooLarge,
+    BudgetExceeded,
     CorruptRecord,
     DeadLetter,
     DeadlineExceeded,
@@ -27,6 +28,7 @@ from schemas.errors import (
     ProviderTimeout,
     RateLimited,
     ServiceUnavailable,
+    StreamBroken,
     TollwayError,
     UnknownModel,
 )
@@ -42,6 +44,7 @@ TABLE: Final[dict[type[TollwayError], tuple[int, str, str | None, bool]]] = {
     AuthenticationFailed: (401, "authentication_error", "invalid_api_key", False),
     NotFound: (404, "not_found_error", "not_found", False),
     RateLimited: (429, "rate_limit_error", "rate_limit_exceeded", True),
+    BudgetExceeded: (429, "budget_exceeded", "budget_exceeded", False),
     ServiceUnavailable: (503, "service_unavailable", "service_unavailable", True),
     DeadlineExceeded: (504, "timeout", "deadline_exceeded", True),
     ProviderError: (502, "upstream_error", "provider_error", False),
@@ -50,6 +53,7 @@ TABLE: Final[dict[type[TollwayError], tuple[int, str, str | None, bool]]] = {
     ProviderTimeout: (504, "timeout", "provider_timeout", True),
     ProviderConnectionError: (502, "upstream_error", "provider_unreachable", True),
     ProviderBadRequest: (400, "invalid_request_error", "invalid_request", False),
+    StreamBroken: (502, "upstream_error", "stream_broken", False),
     AllProvidersFailed: (502, "upstream_error", "all_providers_failed", False),
     DeadLetter: (500, "dead_letter", None, False),
     CorruptRecord: (500, "dead_letter", "corrupt_record", False),
@@ -112,8 +116,9 @@ RetryAfterFactory = Callable[[float | None], TollwayError]
     [
         lambda s: RateLimited("slow down", retry_after_s=s),
         lambda s: ServiceUnavailable("kafka away", retry_after_s=s),
+        lambda s: BudgetExceeded("team:a spent its 24h budget", retry_after_s=s, scope="team:a"),
     ],
-    ids=["RateLimited", "ServiceUnavailable"],
+    ids=["RateLimited", "ServiceUnavailable", "BudgetExceeded"],
 )
 @pytest.mark.parametrize(
     ("retry_after_s", "headers"),
@@ -132,9 +137,18 @@ def test_retry_after_header(
     assert make(retry_after_s).headers() == headers
 
 
-@pytest.mark.parametrize("cls", [c for c in TABLE if c not in (RateLimited, ServiceUnavailable)])
+@pytest.mark.parametrize(
+    "cls", [c for c in TABLE if c not in (RateLimited, ServiceUnavailable, BudgetExceeded)]
+)
 def test_other_errors_add_no_headers(cls: type[TollwayError]) -> None:
     assert _make(cls).headers() == {}
+
+
+def test_budget_exceeded_names_its_scope_and_window() -> None:
+    error = BudgetExceeded("spent", retry_after_s=30, scope="key:k1", window="1h")
+    assert (error.scope, error.window, error.retriable) == ("key:k1", "1h", False)
+    assert error.headers() == {"retry-after": "30"}
+    assert BudgetExceeded("spent").headers() == {}
 
 
 def test_provider_bad_request_carries_the_upstream_code() -> None:

@@ -233,7 +233,8 @@ async def test_bad_request_fails_400_without_failover() -> None:
 async def test_all_fail(last_error: ProviderError, http_status: int, code: str) -> None:
     first = ProviderRateLimited("primary: 429")
     provider = FakeProvider({"primary": [first], "backup": [last_error]})
-    execution = await _executor(provider).execute(_envelope())
+    # sync: interactive work fails at once (queued work waits out 429s: test_pacing_*)
+    execution = await _executor(provider).execute(_envelope(mode="sync"))
 
     result = execution.result
     assert result["status"] == "failed"
@@ -304,3 +305,26 @@ async def test_body_that_is_not_json_fails_400() -> None:
     assert (execution.result["status"], execution.result["http_status"]) == ("failed", 400)
     assert execution.attempts == []
     assert provider.calls == []
+
+
+async def test_queued_work_waits_out_429s_instead_of_failing() -> None:
+    clock = {"ms": NOW_MS}
+    slept: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock["ms"] += int(seconds * 1000)
+
+    limited = ProviderRateLimited("429", retry_after_s=2.0)
+    provider = FakeProvider(
+        {"primary": [limited, _reply("primary")], "backup": [ProviderRateLimited("429")]}
+    )
+    executor = Executor(
+        routes=ROUTES, provider=provider, router_id="r", retry=NO_RETRY,
+        clock_ms=lambda: clock["ms"], sleep=fake_sleep,
+    )  # fmt: skip
+    execution = await executor.execute(_envelope(mode="batch"))
+    assert execution.result["status"] == "succeeded"
+    assert execution.result["deployment"] == "primary"
+    assert slept  # paced by the Retry-After instead of failing
+    assert [a["outcome"] for a in execution.attempts] == ["error", "error", "ok"]

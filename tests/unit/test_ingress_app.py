@@ -226,7 +226,7 @@ REJECTED: Final = {
     "not-an-object": (b"[]", 400, None, None),
     "unknown-field": (orjson.dumps({**CHAT, "temprature": 1}), 400, None, "temprature"),
     "unknown-model": (orjson.dumps({**CHAT, "model": "claude-3"}), 404, "model_not_found", "model"),
-    "stream": (orjson.dumps({**CHAT, "stream": True}), 400, None, "stream"),
+    "stream-string": (orjson.dumps({**CHAT, "stream": "yes"}), 400, None, "stream"),
 }
 
 
@@ -363,3 +363,30 @@ async def test_unexpected_errors_never_echo_internals() -> None:
     assert body.error.message == "Internal error."
     assert b"hunter2" not in response.content
     assert b"kafka-internal" not in response.content
+
+
+async def test_async_callback_url_moves_into_reserved_metadata(make_client: ClientFactory) -> None:
+    client, bus = await make_client(never)
+    body = {**CHAT, "callback_url": "https://hooks.example.com/tollway"}
+    response = await client.post("/v1/async/chat/completions", json=body)
+    assert response.status_code == 202
+    ((_, envelope),) = bus.published
+    assert envelope["metadata"]["tollway.callback_url"] == "https://hooks.example.com/tollway"
+    assert b"callback_url" not in envelope["body"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {**CHAT, "callback_url": "https://hooks.example.com/x"}),
+        ("/v1/async/chat/completions", {**CHAT, "callback_url": "ftp://hooks.example.com/x"}),
+        ("/v1/async/chat/completions", {**CHAT, "metadata": {"tollway.callback_url": "x"}}),
+    ],
+)
+async def test_bad_or_misplaced_callbacks_are_refused(
+    make_client: ClientFactory, path: str, body: dict[str, Any]
+) -> None:
+    client, bus = await make_client(never)
+    response = await client.post(path, json=body)
+    assert response.status_code == 400
+    assert bus.published == []

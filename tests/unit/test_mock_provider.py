@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workers.providers.mock import behaviour, wire
+from workers.providers.mock import anthropic_wire, behaviour, gemini_wire, wire
 from workers.providers.mock.behaviour import (
     TIMEOUT_LATENCY_MS,
     Answer,
@@ -273,7 +273,7 @@ def _delta_text(chunk: dict[str, object]) -> str:
     return str(choices[0]["delta"].get("content", ""))
 
 
-@pytest.mark.parametrize("module", [behaviour, wire])
+@pytest.mark.parametrize("module", [behaviour, wire, anthropic_wire, gemini_wire])
 def test_pure_modules_import_only_the_standard_library(module: object) -> None:
     path = Path(str(getattr(module, "__file__", "")))
     imported: set[str] = set()
@@ -283,3 +283,154 @@ def test_pure_modules_import_only_the_standard_library(module: object) -> None:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             imported.add(node.module.split(".")[0])
     assert imported - sys.stdlib_module_names <= {"workers"}
+
+
+# --- the Anthropic and Gemini dialects ---------------------------------------------------
+
+
+def _outcome(model: str, fields: dict[str, object]) -> behaviour.Outcome:
+    return decide(fields, model, SETTINGS, 0)
+
+
+def test_anthropic_reader_needs_max_tokens_and_refuses_streaming() -> None:
+    hello = {"model": "mock", "messages": [{"role": "user", "content": "hi"}]}
+    missing = anthropic_wire.read_request(hello)
+    assert isinstance(missing, Failure)
+    assert (missing.status, missing.param) == (400, "max_tokens")
+    streamed = anthropic_wire.read_request({**hello, "max_tokens": 5, "stream": True})
+    assert isinstance(streamed, Failure)
+    assert streamed.param == "stream"
+
+
+def test_anthropic_reader_counts_the_system_prompt() -> None:
+    user = [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
+    plain = anthropic_wire.read_request({"messages": user, "max_tokens": 9})
+    with_system = anthropic_wire.read_request(
+        {"messages": user, "max_tokens": 9, "system": [{"type": "text", "text": "Be terse."}]}
+    )
+    assert isinstance(plain, dict)
+    assert isinstance(with_system, dict)
+    assert plain["max_tokens"] == 9
+    plain_reply = _outcome("mock", plain)
+    system_reply = _outcome("mock", with_system)
+    assert isinstance(plain_reply, Answer)
+    assert isinstance(system_reply, Answer)
+    assert system_reply.reply.prompt_tokens > plain_reply.reply.prompt_tokens
+    assert system_reply.reply.content == plain_reply.reply.content  # same last user text
+
+
+@pytest.mark.parametrize(
+    ("model", "status", "error_type"),
+    [
+        ("mock-error-400", 400, "invalid_request_error"),
+        ("mock-error-401", 401, "authentication_error"),
+        ("mock-error-404", 404, "not_found_error"),
+        ("mock-error-422", 422, "invalid_request_error"),
+        ("mock-error-500", 500, "api_error"),
+        ("mock-error-503", 503, "api_error"),
+        ("mock-error-529", 529, "overloaded_error"),
+        ("mock-429-3", 429, "rate_limit_error"),
+        ("mock-context-window", 400, "invalid_request_error"),
+    ],
+)
+def test_anthropic_error_bodies(model: str, status: int, error_type: str) -> None:
+    fields = {"messages": HELLO["messages"], "max_tokens": 5}
+    code, body, headers = anthropic_wire.render(_outcome(model, fields), fields, model, "msg_1")
+    assert code == status
+    assert body["type"] == "error"
+    error: Any = body["error"]
+    assert error["type"] == error_type
+    if model == "mock-429-3":
+        assert headers == (("Retry-After", "3"),)
+    if model == "mock-context-window":
+        assert error["message"].startswith("prompt is too long: ")
+
+
+def test_anthropic_answers_and_refusals() -> None:
+    fields = {"messages": HELLO["messages"], "max_tokens": 4}
+    status, body, _ = anthropic_wire.render(_outcome("mock", fields), fields, "mock", "msg_1")
+    assert status == 200
+    assert (body["id"], body["type"], body["role"], body["stop_reason"]) == (
+        "msg_1",
+        "message",
+        "assistant",
+        "max_tokens",
+    )
+    usage: Any = body["usage"]
+    assert usage["output_tokens"] == 4
+    assert usage["cache_read_input_tokens"] == usage["cache_creation_input_tokens"] == 0
+    model = "mock-content-filter"
+    status, body, _ = anthropic_wire.render(_outcome(model, fields), fields, model, "msg_2")
+    assert (status, body["stop_reason"], body["content"]) == (200, "refusal", [])
+
+
+def test_gemini_reader_maps_contents_roles_and_limits() -> None:
+    fields = gemini_wire.read_request(
+        {
+            "contents": [
+                {"role": "user", "parts": [{"text": "hi"}]},
+                {"role": "model", "parts": [{"text": "hello"}]},
+                {"role": "user", "parts": [{"text": "again"}]},
+            ],
+            "systemInstruction": {"parts": [{"text": "Be terse."}]},
+            "generationConfig": {"maxOutputTokens": 3},
+        }
+    )
+    assert fields == {
+        "messages": [
+            {"role": "system", "content": [{"text": "Be terse."}]},
+            {"role": "user", "content": [{"text": "hi"}]},
+            {"role": "assistant", "content": [{"text": "hello"}]},
+            {"role": "user", "content": [{"text": "again"}]},
+        ],
+        "max_tokens": 3,
+    }
+    missing = gemini_wire.read_request({"contents": []})
+    assert isinstance(missing, Failure)
+    assert missing.status == 400
+
+
+@pytest.mark.parametrize(
+    ("model", "status", "status_name"),
+    [
+        ("mock-error-400", 400, "INVALID_ARGUMENT"),
+        ("mock-error-403", 403, "PERMISSION_DENIED"),
+        ("mock-error-500", 500, "INTERNAL"),
+        ("mock-error-503", 503, "UNAVAILABLE"),
+        ("mock-error-599", 599, "INTERNAL"),
+        ("mock-context-window", 400, "INVALID_ARGUMENT"),
+    ],
+)
+def test_gemini_error_bodies(model: str, status: int, status_name: str) -> None:
+    fields: dict[str, object] = {"messages": HELLO["messages"]}
+    code, body, headers = gemini_wire.render(_outcome(model, fields), fields, model, "r1")
+    error: Any = body["error"]
+    assert (code, error["code"], error["status"], headers) == (status, status, status_name, ())
+    if model == "mock-context-window":
+        assert "exceeds the maximum number of tokens allowed" in error["message"]
+
+
+def test_gemini_rate_limit_uses_retry_info_not_a_header() -> None:
+    fields: dict[str, object] = {"messages": HELLO["messages"]}
+    code, body, headers = gemini_wire.render(_outcome("mock-429-6", fields), fields, "m", "r1")
+    error: Any = body["error"]
+    assert (code, error["status"], headers) == (429, "RESOURCE_EXHAUSTED", ())
+    assert error["details"] == [
+        {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "6s"}
+    ]
+
+
+def test_gemini_answers_and_blocked_prompts() -> None:
+    fields: dict[str, object] = {"messages": HELLO["messages"], "max_tokens": 4}
+    status, body, _ = gemini_wire.render(_outcome("mock", fields), fields, "mock", "r1")
+    candidates: Any = body["candidates"]
+    assert (status, candidates[0]["finishReason"], body["responseId"]) == (200, "MAX_TOKENS", "r1")
+    assert body["usageMetadata"] == {
+        "promptTokenCount": estimate_prompt_tokens(HELLO["messages"]),
+        "candidatesTokenCount": 4,
+        "totalTokenCount": estimate_prompt_tokens(HELLO["messages"]) + 4,
+    }
+    model = "mock-content-filter"
+    status, body, _ = gemini_wire.render(_outcome(model, fields), fields, model, "r2")
+    assert (status, body["promptFeedback"]) == (200, {"blockReason": "SAFETY"})
+    assert "candidates" not in body

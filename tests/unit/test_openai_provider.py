@@ -221,7 +221,8 @@ async def test_transport_errors(
         await provider.chat(DEPLOYMENT, REQUEST)
     assert info.value.retriable
     assert info.value.upstream_status is None
-    assert info.value.__cause__ is exc
+    assert info.value.__cause__ is not None
+    assert info.value.__cause__.__cause__ is exc  # TransportFailure keeps the original
 
 
 def _with_usage(usage: bytes) -> bytes:

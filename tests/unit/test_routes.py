@@ -159,8 +159,18 @@ def test_load_routes_from_yaml(tmp_path: Path) -> None:
         ),
         (
             "models:\n  gpt:\n    deployments:\n      - name: a\n        base_url: http://x\n"
-            "        provider: anthropic\n",
+            "        provider: bedrock\n",  # a wire format Tollway does not speak
             "models.gpt.deployments.0.provider",
+        ),
+        (
+            "models:\n  gpt:\n    deployments:\n      - name: a\n        base_url: http://x\n"
+            "        provider: azure\n",
+            "models.gpt.deployments.0.api_version",
+        ),
+        (
+            "models:\n  gpt:\n    deployments:\n      - name: a\n        base_url: http://x\n"
+            "        api_version: '2024-10-21'\n",
+            "models.gpt.deployments.0.api_version",
         ),
         ("models:\n  gpt:\n    deployments: []\n", "models.gpt.deployments"),
         (
@@ -181,6 +191,37 @@ def test_load_routes_invalid_names_the_config_path(
     message = str(info.value)
     assert message.startswith(f"{path}: ")
     assert f"{config_path}: " in message
+
+
+PROVIDERS_YAML: Final = """
+models:
+  smart:
+    deployments:
+      - name: claude
+        provider: anthropic
+        base_url: https://api.anthropic.com
+        model: claude-sonnet-4-5
+        api_key_env: ANTHROPIC_API_KEY
+      - name: gemini
+        provider: gemini
+        base_url: https://generativelanguage.googleapis.com
+        model: gemini-2.5-pro
+        api_key_env: GEMINI_API_KEY
+      - name: azure
+        provider: azure
+        base_url: https://contoso.openai.azure.com
+        model: gpt4o-prod
+        api_key_env: AZURE_OPENAI_API_KEY
+        api_version: 2024-10-21  # unquoted: YAML reads a date, kept as written
+"""
+
+
+def test_load_routes_with_every_provider_kind(tmp_path: Path) -> None:
+    path = tmp_path / "routes.yaml"
+    path.write_text(PROVIDERS_YAML, "utf-8")
+    claude, gemini, azure = load_routes(path, {}).resolve("smart").deployments
+    assert (claude.provider, gemini.provider, azure.provider) == ("anthropic", "gemini", "azure")
+    assert (claude.api_version, gemini.api_version, azure.api_version) == (None, None, "2024-10-21")
 
 
 @pytest.mark.parametrize("text", ["models: [unclosed\n", "models:\n  gpt: {a: 1\n", "\t- x\n"])

@@ -8,6 +8,7 @@ subclasses; nothing above this layer sees a vendor or transport exception.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -28,6 +29,18 @@ class ProviderReply:
     served_model: str
 
 
+@dataclass(frozen=True, slots=True)
+class StreamPiece:
+    """One streamed chunk in the canonical shape: `chat.completion.chunk` JSON bytes.
+
+    `usage` is set on the chunk that carried the usage (OpenAI sends it last, with
+    empty `choices`, when `stream_options.include_usage` is true).
+    """
+
+    data: bytes
+    usage: Usage | None = None
+
+
 class ChatProvider(Protocol):
     """Calls one deployment with a canonical chat request."""
 
@@ -37,4 +50,14 @@ class ChatProvider(Protocol):
 
     async def aclose(self) -> None:
         """Release connections."""
+        ...
+
+
+class StreamingChatProvider(ChatProvider, Protocol):
+    """A provider that can also stream (the router's provider is one)."""
+
+    def chat_stream(
+        self, deployment: Deployment, request: dict[str, Any]
+    ) -> AsyncIterator[StreamPiece]:
+        """Stream a chat; a `ProviderError` before the first piece allows fallback."""
         ...

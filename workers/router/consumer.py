@@ -35,10 +35,10 @@ from aiokafka.structs import ConsumerRecord
 
 from schemas import codec, topics
 from schemas.errors import DeadLetter, TollwayError
-from schemas.records import RequestEnvelope
+from schemas.records import RequestEnvelope, StreamChunk
 from schemas.routes import load_routes
 from schemas.settings import KafkaSettings
-from workers.providers.openai import OpenAIProvider
+from workers.providers.registry import build_registry
 from workers.router.execution import Execution, Executor
 from workers.router.offsets import OffsetTracker
 from workers.router.settings import RouterSettings
@@ -92,7 +92,7 @@ class Router:
             client_id=f"tollway-router-{executor.router_id}",
             enable_idempotence=True,
             acks="all",
-            linger_ms=2,
+            linger_ms=0,  # measured: linger 2 ms adds ~2.8 ms per hop; load batches anyway
             request_timeout_ms=kafka.request_timeout_ms,
         )
 
@@ -163,8 +163,15 @@ class Router:
         except DeadLetter as exc:
             await self._publish_dead_letter(record, exc)
         else:
+            relay = None
+            if envelope["mode"] == "sync" and envelope["reply_partition"] is not None:
+                relay = ChunkRelay(self.producer, envelope["reply_partition"])
             try:
-                execution = await self.executor.execute(envelope)
+                execution = await self.executor.execute(
+                    envelope, relay.emit if relay is not None else None
+                )
+                if relay is not None:
+                    await relay.flush()
             except Exception:
                 # A bug of ours: answer the request with a 500 rather than stall the
                 # partition's commits and re-execute (and re-bill) it on every restart.
@@ -237,6 +244,51 @@ class Router:
         await self.executor.provider.aclose()
 
 
+class ChunkRelay:
+    """Sends a streamed request's chunks to the waiting ingress's reply partition, in order.
+
+    `emit` never blocks the provider stream: chunks queue up and one task sends them
+    one after another (same partition, so Kafka keeps their order, and the final
+    Result is published after `flush`). A chunk that cannot be delivered is dropped
+    after the producer's own retries: the durable Result still records the answer.
+    """
+
+    def __init__(self, producer: AIOKafkaProducer, partition: int) -> None:
+        self._producer = producer
+        self._partition = partition
+        self._queue: asyncio.Queue[StreamChunk] = asyncio.Queue()
+        self._acks: list[asyncio.Future[object]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def emit(self, chunk: StreamChunk) -> None:
+        self._queue.put_nowait(chunk)
+        if self._task is None:
+            self._task = asyncio.create_task(self._send())
+
+    async def _send(self) -> None:
+        while True:
+            chunk = await self._queue.get()
+            try:
+                ack = await self._producer.send(
+                    topics.REPLIES.name,
+                    codec.encode("stream_chunk", chunk),
+                    key=chunk["request_id"].encode(),
+                    partition=self._partition,
+                )
+                self._acks.append(ack)
+            except KafkaError:
+                log.warning("dropped stream chunk %s of %s", chunk["seq"], chunk["request_id"])
+            finally:
+                self._queue.task_done()
+
+    async def flush(self) -> None:
+        if self._task is None:
+            return
+        await self._queue.join()
+        self._task.cancel()
+        await asyncio.gather(*self._acks, return_exceptions=True)
+
+
 def router_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
@@ -245,7 +297,7 @@ async def serve(kafka: KafkaSettings, settings: RouterSettings) -> None:
     """Run one router until SIGTERM/SIGINT."""
     executor = Executor(
         routes=load_routes(settings.routes_file),
-        provider=OpenAIProvider(max_connections=settings.max_in_flight),
+        provider=build_registry(os.environ, max_connections=settings.max_in_flight),
         router_id=router_id(),
     )
     router = Router(kafka, settings, executor)

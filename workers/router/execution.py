@@ -13,10 +13,12 @@ dedups by key: one billed result).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,15 +28,22 @@ from schemas.errors import (
     AllProvidersFailed,
     DeadlineExceeded,
     InvalidRequest,
+    ProviderBadRequest,
     ProviderError,
+    ProviderRateLimited,
     ProviderServerError,
+    StreamBroken,
     TollwayError,
 )
-from schemas.records import ZERO_USAGE, Attempt, RequestEnvelope, Result
-from schemas.routes import Deployment, RoutesConfig
-from workers.providers.base import ChatProvider, ProviderReply
+from schemas.records import ZERO_USAGE, Attempt, RequestEnvelope, Result, StreamChunk
+from schemas.routes import Deployment, ModelRoute, RoutesConfig
+from workers.providers.base import ChatProvider, ProviderReply, StreamPiece
+from workers.providers.canonical import completion_as_chunk
 from workers.router.fallback import RetryPolicy, run_fallback
-from workers.router.policy import plan_routes
+from workers.router.health import HealthBoard
+from workers.router.pacing import Pacer
+from workers.router.policy import healthy_first, order_by_strategy
+from workers.router.stream_assembly import StreamAssembler
 
 log = logging.getLogger("tollway.router")
 
@@ -58,32 +67,85 @@ class Executor:
     router_id: str
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     clock_ms: Callable[[], int] = wall_ms
+    health: HealthBoard = field(default_factory=HealthBoard)
+    rand: Callable[[], float] = random.random
+    pacer: Pacer = field(default_factory=Pacer)
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    max_queue_wait_ms: int = 3_600_000
+    """How long queued (async/batch) work keeps waiting out 429s before it fails."""
 
-    async def execute(self, envelope: RequestEnvelope) -> Execution:
-        execution_id = uuid.uuid4().hex[:16]
-        attempts: list[Attempt] = []
-        if envelope["mode"] == "sync" and self.clock_ms() > envelope["deadline_ms"]:
-            # Nobody waits any more: the ingress already answered 504. Spend nothing.
-            late = DeadlineExceeded("the request's deadline passed before a router took it")
-            return Execution(self._failed(envelope, execution_id, late, attempts))
+    async def _pace(self, route: Deployment, queued: bool, tokens: int) -> None:
+        """Queued work waits for the deployment's quota; interactive work only spends it."""
+        if queued:
+            while (
+                wait_ms := self.pacer.wait_ms(route.name, route.rpm, route.tpm, self.clock_ms())
+            ) > 0:
+                await self.sleep(wait_ms / 1000)
+        self.pacer.spend(route.name, route.rpm, route.tpm, self.clock_ms(), tokens)
+
+    def plan(self, model_route: ModelRoute) -> tuple[Deployment, ...]:
+        """The deployments of one model in the order to try: strategy, then health."""
+        ordered = order_by_strategy(
+            model_route.deployments,
+            model_route.strategy,
+            weight_of=lambda d: d.weight,
+            latency_ms_of=lambda d: self.health.latency_ms(d.name),
+            cost_of=lambda d: d.cost_hint_usd_per_mtok(),
+            rand=self.rand,
+        )
+        now_ms = self.clock_ms()
+        return healthy_first(ordered, lambda name: self.health.available(name, now_ms))
+
+    async def _run_chains(
+        self, model_route: ModelRoute, call: Callable[[Deployment], Awaitable[ProviderReply]]
+    ) -> tuple[Deployment, ProviderReply]:
+        """The model's plan; when it ends in a context-window or content-policy refusal,
+        the plans of the models named for that case, in order."""
         try:
-            request: dict[str, Any] = orjson.loads(envelope["body"])
-            routes = plan_routes(envelope["model"], self.routes)
-        except orjson.JSONDecodeError:
-            err = InvalidRequest("the request body is not valid JSON")
-            return Execution(self._failed(envelope, execution_id, err, attempts))
-        except TollwayError as exc:
-            return Execution(self._failed(envelope, execution_id, exc, attempts))
+            return await run_fallback(self.plan(model_route), call, policy=self.retry)
+        except ProviderBadRequest as refusal:
+            chain = _special_chain(model_route, refusal)
+            if not chain:
+                raise
+            last: ProviderBadRequest = refusal
+            for model in chain:
+                try:
+                    return await run_fallback(
+                        self.plan(self.routes.resolve(model)), call, policy=self.retry
+                    )
+                except ProviderBadRequest as again:
+                    last = again
+            raise last from refusal
+
+    def _recording_call(
+        self,
+        *,
+        envelope: RequestEnvelope,
+        execution_id: str,
+        attempts: list[Attempt],
+        send: Callable[[Deployment], Awaitable[ProviderReply]],
+        queued: bool,
+        tokens: int,
+    ) -> Callable[[Deployment], Awaitable[ProviderReply]]:
+        """`send` wrapped with pacing, health bookkeeping and one Attempt per call."""
 
         async def call(route: Deployment) -> ProviderReply:
+            await self._pace(route, queued, tokens)
             started_ms = self.clock_ms()
+            self.health.on_call(route.name, started_ms)
             t0 = time.perf_counter()
             error: ProviderError | None = None
             reply: ProviderReply | None = None
             try:
-                reply = await self.provider.chat(route, request)
+                reply = await send(route)
+                self.health.on_success(route.name, (time.perf_counter() - t0) * 1000.0)
             except ProviderError as exc:
                 error = exc
+                if isinstance(exc, ProviderRateLimited):
+                    pause_s = exc.retry_after_s if exc.retry_after_s is not None else 1.0
+                    self.pacer.pause(route.name, self.clock_ms() + int(pause_s * 1000))
+                elif not exc.ends_plan:  # a refused request says nothing about the deployment
+                    self.health.on_failure(route.name, self.clock_ms())
                 raise
             except Exception as exc:
                 # An adapter bug must not pass for a success nor kill the record's task:
@@ -106,10 +168,57 @@ class Executor:
                 )
             return reply
 
+        return call
+
+    async def execute(
+        self, envelope: RequestEnvelope, emit: Callable[[StreamChunk], None] | None = None
+    ) -> Execution:
+        """Run the envelope's plan. With `emit`, a `stream: true` request is streamed:
+        each chunk is handed to `emit` (in order) as it arrives from the provider."""
+        execution_id = uuid.uuid4().hex[:16]
+        attempts: list[Attempt] = []
+        if envelope["mode"] == "sync" and self.clock_ms() > envelope["deadline_ms"]:
+            # Nobody waits any more: the ingress already answered 504. Spend nothing.
+            late = DeadlineExceeded("the request's deadline passed before a router took it")
+            return Execution(self._failed(envelope, execution_id, late, attempts))
         try:
-            route, reply = await run_fallback(routes, call, policy=self.retry)
-        except (AllProvidersFailed, ProviderError) as exc:
-            return Execution(self._failed(envelope, execution_id, exc, attempts), attempts)
+            request: dict[str, Any] = orjson.loads(envelope["body"])
+            model_route = self.routes.resolve(envelope["model"])
+        except orjson.JSONDecodeError:
+            err = InvalidRequest("the request body is not valid JSON")
+            return Execution(self._failed(envelope, execution_id, err, attempts))
+        except TollwayError as exc:
+            return Execution(self._failed(envelope, execution_id, exc, attempts))
+
+        send: Callable[[Deployment], Awaitable[ProviderReply]]
+        if emit is not None and request.get("stream"):
+            send = StreamRelay(self.provider, request, envelope["request_id"], execution_id, emit)
+        else:
+
+            async def send(route: Deployment) -> ProviderReply:
+                return await self.provider.chat(route, request)
+
+        queued = envelope["mode"] != "sync"
+        call = self._recording_call(
+            envelope=envelope,
+            execution_id=execution_id,
+            attempts=attempts,
+            send=send,
+            queued=queued,
+            tokens=estimate_tokens(envelope["body"], request),
+        )
+
+        give_up_ms = self.clock_ms() + self.max_queue_wait_ms
+        while True:
+            try:
+                route, reply = await self._run_chains(model_route, call)
+                break
+            except AllProvidersFailed as exc:
+                if queued and _only_rate_limited(exc) and self.clock_ms() < give_up_ms:
+                    continue  # queue, don't fail: the pacer holds the next call back
+                return Execution(self._failed(envelope, execution_id, exc, attempts), attempts)
+            except ProviderError as exc:
+                return Execution(self._failed(envelope, execution_id, exc, attempts), attempts)
         result: Result = {
             "request_id": envelope["request_id"],
             "team_id": envelope["team_id"],
@@ -200,3 +309,100 @@ class Executor:
             **usage,
             "router_id": self.router_id,
         }
+
+
+class StreamRelay:
+    """Calls a deployment with streaming and relays each chunk to `emit` as it comes.
+
+    Upstream is always asked for usage (`stream_options.include_usage`) because
+    the call must be billed; the usage-only chunk is relayed only when the client
+    asked for it too. Before the first relayed chunk a provider error lets the
+    plan fail over; after it the client has seen output, so the error ends the
+    plan (`StreamBroken`). Providers without `chat_stream` answer in one piece,
+    relayed as a single chunk.
+    """
+
+    def __init__(
+        self,
+        provider: ChatProvider,
+        request: dict[str, Any],
+        request_id: str,
+        execution_id: str,
+        emit: Callable[[StreamChunk], None],
+    ) -> None:
+        self._provider = provider
+        options = request.get("stream_options") or {}
+        self._client_wants_usage = bool(options.get("include_usage"))
+        self._upstream = {**request, "stream_options": {**options, "include_usage": True}}
+        self._request_id = request_id
+        self._execution_id = execution_id
+        self._emit = emit
+        self.sent = 0
+
+    async def __call__(self, route: Deployment) -> ProviderReply:
+        assembler = StreamAssembler()
+        usage = None
+        try:
+            async for piece in self._pieces(route):
+                chunk = orjson.loads(piece.data)
+                assembler.add(chunk)
+                if piece.usage is not None:
+                    usage = piece.usage
+                if not chunk.get("choices") and "usage" in chunk and not self._client_wants_usage:
+                    continue
+                self._emit(
+                    {
+                        "request_id": self._request_id,
+                        "execution_id": self._execution_id,
+                        "seq": self.sent,
+                        "data": piece.data,
+                    }
+                )
+                self.sent += 1
+        except ProviderError as exc:
+            if self.sent:
+                raise StreamBroken(f"{route.name}: stream broke after {self.sent} chunks") from exc
+            raise
+        completion = assembler.completion()
+        return ProviderReply(
+            body=orjson.dumps(completion),
+            usage=usage or ZERO_USAGE.copy(),
+            served_model=str(completion.get("model") or route.model or ""),
+        )
+
+    def _pieces(self, route: Deployment) -> AsyncIterator[StreamPiece]:
+        chat_stream = getattr(self._provider, "chat_stream", None)
+        if chat_stream is not None:
+            pieces: AsyncIterator[StreamPiece] = chat_stream(route, self._upstream)
+            return pieces
+        return self._one_piece(route)
+
+    async def _one_piece(self, route: Deployment) -> AsyncIterator[StreamPiece]:
+        reply = await self._provider.chat(route, {**self._upstream, "stream": False})
+        yield StreamPiece(completion_as_chunk(reply.body), reply.usage)
+
+
+CONTEXT_WINDOW_CODES = frozenset({"context_length_exceeded"})
+CONTENT_POLICY_CODES = frozenset({"content_filter", "content_policy_violation"})
+
+
+def _special_chain(model_route: ModelRoute, refusal: ProviderBadRequest) -> tuple[str, ...]:
+    if refusal.upstream_code in CONTEXT_WINDOW_CODES:
+        return model_route.context_window_fallbacks
+    if refusal.upstream_code in CONTENT_POLICY_CODES:
+        return model_route.content_policy_fallbacks
+    return ()
+
+
+_DEFAULT_OUTPUT_TOKENS = 256
+
+
+def estimate_tokens(body: bytes, request: dict[str, Any]) -> int:
+    """A cheap upper-ish estimate for quota pacing: ~4 bytes a prompt token, plus the
+    requested output (or a default). Not used for money (that is the provider's count)."""
+    output = request.get("max_completion_tokens") or request.get("max_tokens")
+    return len(body) // 4 + int(output or _DEFAULT_OUTPUT_TOKENS)
+
+
+def _only_rate_limited(error: AllProvidersFailed) -> bool:
+    return bool(error.errors) and all(isinstance(e, ProviderRateLimited) for _, e in error.errors)

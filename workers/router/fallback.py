@@ -19,12 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from schemas.errors import (
-    AllProvidersFailed,
-    ProviderBadRequest,
-    ProviderError,
-    ProviderRateLimited,
-)
+from schemas.errors import AllProvidersFailed, ProviderError, ProviderRateLimited
 from schemas.routes import Deployment
 
 T = TypeVar("T")
@@ -66,9 +61,9 @@ async def run_fallback(
         while True:
             try:
                 return route, await call(route)
-            except ProviderBadRequest:
-                raise
             except ProviderError as error:
+                if error.ends_plan:
+                    raise
                 errors.append((route.name, error))
                 if not error.retriable or retry >= policy.retries_per_route:
                     break

@@ -1,13 +1,23 @@
-"""The mock provider's HTTP adapter: aiohttp.web serving the OpenAI Chat Completions API.
+"""The mock provider's HTTP adapter: aiohttp.web serving three providers' chat APIs.
 
 Routes:
     POST   /v1/chat/completions  JSON or server-sent events, as ``behaviour.decide`` plans.
+    POST   /openai/deployments/{deployment}/chat/completions?api-version=...
+                                 Azure OpenAI's URL for the same API (404 without
+                                 api-version, as Azure answers); the body's model
+                                 picks the behaviour.
+    POST   /v1/messages          Anthropic Messages API, unstreamed (``anthropic_wire``).
+    POST   /v1beta/models/{model}:generateContent
+                                 Gemini generateContent (``gemini_wire``).
     GET    /v1/models            OpenAI model list (examples; every name is served).
     GET    /healthz              ``{"status": "ok"}``.
     GET    /stats                chat completion requests seen: total, by status, by model.
     DELETE /stats                reset those counts (between benchmark phases).
 
-Any ``Authorization`` header, or none, is accepted. The hot path is deliberately bare:
+Every chat route picks the same behaviour by model name (the Anthropic and Gemini
+readers hand ``decide`` the fields it reads) and answers in its own provider's
+dialect, errors included. Any ``Authorization``, ``x-api-key`` or ``x-goog-api-key``
+header, or none, is accepted. The hot path is deliberately bare:
 orjson in and out, no pydantic, no per-request logging (the access log is off), so one
 core serves thousands of requests per second. Guarantee: a request is counted in
 ``/stats`` as soon as its outcome is decided, before the latency wait, so a caller that
@@ -22,15 +32,17 @@ import itertools
 import os
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import orjson
 from aiohttp import web
 
+from workers.providers.mock import anthropic_wire, gemini_wire
 from workers.providers.mock.behaviour import (
     Answer,
     Failure,
     MockSettings,
+    Outcome,
     decide,
     invalid_request,
 )
@@ -43,6 +55,12 @@ SHUTDOWN_TIMEOUT_S = 1.0
 _JSON_HEADERS = {"Content-Type": "application/json"}
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 _DONE = b"data: [DONE]\n\n"
+
+Renderer = Callable[
+    [Outcome, Mapping[str, object], str, str],
+    tuple[int, dict[str, object], tuple[tuple[str, str], ...]],
+]
+ErrorRenderer = Callable[[Failure], Mapping[str, object]]
 
 
 class RequestStats:
@@ -89,6 +107,11 @@ def build_app(settings: MockSettings) -> web.Application:
     app[SETTINGS_KEY] = settings
     handlers = _Handlers(settings, stats)
     app.router.add_post("/v1/chat/completions", handlers.chat_completions)
+    app.router.add_post(
+        "/openai/deployments/{deployment}/chat/completions", handlers.azure_chat_completions
+    )
+    app.router.add_post("/v1/messages", handlers.anthropic_messages)
+    app.router.add_post("/v1beta/models/{target}", handlers.gemini_generate_content)
     app.router.add_get("/v1/models", handlers.models)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/stats", handlers.stats)
@@ -145,15 +168,13 @@ class _Handlers:
         self._calls_by_model: dict[str, int] = {}
         self._response_numbers = itertools.count()
         # Random per process so ids from two mock processes do not collide.
-        self._id_prefix = f"chatcmpl-mock{os.urandom(6).hex()}"
+        self._process_id = os.urandom(6).hex()
+        self._id_prefix = f"chatcmpl-mock{self._process_id}"
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
-        try:
-            payload = orjson.loads(await request.read())
-        except orjson.JSONDecodeError as exc:
-            return self._refuse(invalid_request(f"Malformed JSON body: {exc}"))
-        if not isinstance(payload, dict):
-            return self._refuse(invalid_request("The request body must be a JSON object."))
+        payload = await _json_object(request)
+        if isinstance(payload, Failure):
+            return self._refuse(payload)
         model = payload.get("model")
         if not isinstance(model, str) or not model:
             return self._refuse(invalid_request("'model' must be a non-empty string.", "model"))
@@ -173,6 +194,51 @@ class _Handlers:
         body = completion_body(outcome.reply, model, response_id, created_s)
         return _json_response(body, 200, outcome.headers)
 
+    async def azure_chat_completions(self, request: web.Request) -> web.StreamResponse:
+        if not request.query.get("api-version"):
+            return self._refuse(Failure(404, 0, "Resource not found", "invalid_request_error"))
+        return await self.chat_completions(request)
+
+    async def anthropic_messages(self, request: web.Request) -> web.Response:
+        payload = await _json_object(request)
+        if isinstance(payload, Failure):
+            return self._refuse(payload, anthropic_wire.error_body)
+        model = payload.get("model")
+        if not isinstance(model, str) or not model:
+            failure = invalid_request("model: Field required", "model")
+            return self._refuse(failure, anthropic_wire.error_body)
+        fields = anthropic_wire.read_request(payload)
+        if isinstance(fields, Failure):
+            return self._refuse(fields, anthropic_wire.error_body)
+        return await self._answer(model, fields, anthropic_wire.render, "msg_mock")
+
+    async def gemini_generate_content(self, request: web.Request) -> web.Response:
+        model, _, method = request.match_info["target"].rpartition(":")
+        if method != "generateContent" or not model:
+            failure = Failure(404, 0, "the mock serves only :generateContent", "not_found")
+            return self._refuse(failure, gemini_wire.error_body)
+        payload = await _json_object(request)
+        if isinstance(payload, Failure):
+            return self._refuse(payload, gemini_wire.error_body)
+        fields = gemini_wire.read_request(payload)
+        if isinstance(fields, Failure):
+            return self._refuse(fields, gemini_wire.error_body)
+        return await self._answer(model, fields, gemini_wire.render, "mock")
+
+    async def _answer(
+        self, model: str, fields: dict[str, object], render: Renderer, id_prefix: str
+    ) -> web.Response:
+        """Decide, count, wait, then answer unstreamed in ``render``'s dialect."""
+        call_index = self._calls_by_model.get(model, 0)
+        self._calls_by_model[model] = call_index + 1
+        outcome = decide(fields, model, self._settings, call_index)
+        response_id = f"{id_prefix}{self._process_id}{next(self._response_numbers):x}"
+        status, body, headers = render(outcome, fields, model, response_id)
+        self._stats.record(status, model)
+        if outcome.latency_ms > 0:
+            await asyncio.sleep(outcome.latency_ms / 1000)
+        return _json_response(body, status, headers)
+
     async def models(self, _request: web.Request) -> web.Response:
         return _json_response(models_body(), 200)
 
@@ -186,9 +252,9 @@ class _Handlers:
         self._stats.reset()
         return _json_response(self._stats.snapshot(), 200)
 
-    def _refuse(self, failure: Failure) -> web.Response:
+    def _refuse(self, failure: Failure, render_error: ErrorRenderer = error_body) -> web.Response:
         self._stats.record(failure.status, None)
-        return _json_response(error_body(failure), failure.status, failure.headers)
+        return _json_response(render_error(failure), failure.status, failure.headers)
 
     async def _stream(
         self,
@@ -214,6 +280,17 @@ class _Handlers:
                 await response.write(event)
         await response.write_eof()
         return response
+
+
+async def _json_object(request: web.Request) -> dict[str, object] | Failure:
+    """The request body as a JSON object, or the 400 to answer instead."""
+    try:
+        payload = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as exc:
+        return invalid_request(f"Malformed JSON body: {exc}")
+    if not isinstance(payload, dict):
+        return invalid_request("The request body must be a JSON object.")
+    return payload
 
 
 def _json_response(

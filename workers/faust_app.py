@@ -1,0 +1,286 @@
+"""The one faust-streaming module besides the stages' `agent.py` files.
+
+Everything faust needs to run a Tollway stream processor: the app factory
+(broker from `TOLLWAY_KAFKA_BOOTSTRAP`, in-memory tables restored from their
+changelog topics, a data dir under `.tollway/faust/<app id>`, the web server
+off unless a port is given), topic objects that hand agents the raw bytes
+(records are Avro, decoded with `schemas.codec` inside the agents), and the
+worker runner. Faust stays here and in `agent.py` so the processors' logic is
+plain functions, testable without it (STYLE.md).
+
+Facts this module relies on (faust-streaming 0.15.3, ARCHITECTURE.md): faust is
+slow per event, so agents read in batches (`stream.take_events`); its
+`exactly_once` mode is experimental, so the processors run at-least-once and
+make their effects idempotent themselves; windows are computed by
+`workers/budget/windows.py`, not by faust.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Awaitable, Iterable, Sequence
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Final, NoReturn
+
+import faust
+import uvloop
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+from faust.exceptions import ProducerSendError
+
+from deploy.topics import ensure_topics
+from schemas import topics
+from schemas.errors import DeadLetter
+from schemas.topics import Topic
+
+log = logging.getLogger("tollway.faust")
+
+EXIT_UNRECOVERABLE: Final = 70
+"""Exit status after a failure that must not be acked (sysexits EX_SOFTWARE)."""
+SETTLE_TIMEOUT_S: Final = 30.0
+"""Longest wait for Kafka to acknowledge a batch's writes before the process gives up."""
+_SEND_ATTEMPTS: Final = 6
+
+Outgoing = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None, int | None]
+"""(topic, key, value, headers, partition) of one record to publish (None: by key)."""
+
+
+def broker_urls(bootstrap: str) -> list[str]:
+    """`host:port[,host:port]` -> faust's broker URL list."""
+    return [f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip()]
+
+
+def create_app(
+    app_id: str,
+    *,
+    bootstrap: str,
+    data_dir: Path,
+    web_port: int | None = None,
+    session_timeout_s: float = 10.0,
+    commit_interval_s: float = 1.0,
+    replication_factor: int = 1,
+    start_from: str = "earliest",
+) -> faust.App:
+    """A faust app whose id is also its consumer group and its changelog topics' prefix."""
+    heartbeat_s = max(1.0, session_timeout_s / 3)
+    (data_dir / app_id).mkdir(parents=True, exist_ok=True)
+    return faust.App(
+        app_id,
+        broker=broker_urls(bootstrap),
+        store="memory://",  # tables are restored from their changelog at start
+        datadir=str(data_dir / app_id),
+        web_enabled=web_port is not None,
+        web_port=web_port or 6066,
+        web_bind="127.0.0.1",
+        # A new group prices/budgets all retained input; "latest" is for tests and benchmarks.
+        consumer_auto_offset_reset=start_from,
+        broker_session_timeout=session_timeout_s,
+        broker_heartbeat_interval=heartbeat_s,
+        broker_commit_interval=commit_interval_s,
+        producer_acks=-1,
+        topic_replication_factor=replication_factor,
+        topic_allow_declare=True,  # only faust's own topics (changelogs, internal)
+        table_standby_replicas=0,
+        processing_guarantee="at_least_once",
+    )
+
+
+def leader_topic(app_id: str) -> Topic:
+    """Faust's leader-election topic of an app."""
+    return Topic(f"{app_id}-__assignor-__leader", partitions=1, doc="faust leader election")
+
+
+def changelog_topic(app_id: str, table: str, partitions: int) -> Topic:
+    """The changelog topic faust uses for `table` (compacted, as faust would make it)."""
+    return Topic(
+        f"{app_id}-{table}-changelog",
+        partitions=partitions,
+        config=MappingProxyType({"cleanup.policy": "compact"}),
+        doc=f"changelog of the faust table {table!r}",
+    )
+
+
+def prepare_topics(
+    bootstrap: str, wanted: tuple[Topic, ...], *, replication_factor: int, timeout_s: float = 60.0
+) -> None:
+    """Create a processor's own topics and wait until every partition has a leader.
+
+    Faust can create them itself, but a topic created while the worker starts is
+    sometimes seen with no partitions by its producer, whose sends to it then never
+    complete; created and settled beforehand, it is always there.
+    """
+
+    async def run() -> None:
+        await ensure_topics(bootstrap, wanted, replication_factor=replication_factor)
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="tollway-faust-prep")
+        await admin.start()
+        try:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                described = await admin.describe_topics([t.name for t in wanted])
+                ready = {
+                    d["topic"]
+                    for d in described
+                    if d["error_code"] == 0
+                    and len(d["partitions"]) >= 1
+                    and all(p["leader"] >= 0 for p in d["partitions"])
+                }
+                if ready >= {t.name for t in wanted}:
+                    return
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"topics not ready: {sorted({t.name for t in wanted} - ready)}"
+                    )
+                await asyncio.sleep(0.5)
+        finally:
+            await admin.close()
+
+    asyncio.run(run())
+
+
+def changelog_record(
+    topic: str, partition: int, key: str, value: dict[str, Any] | None
+) -> Outgoing:
+    """A table write as faust's changelog holds it (json key and value; None deletes).
+
+    Written by us rather than by `table[key] = value`: faust would pick the changelog
+    partition of the stream's *current* event (in a batch, maybe another partition's)
+    and queue every write through its one-at-a-time producer buffer.
+    """
+    payload = None if value is None else json.dumps(value, separators=(",", ":")).encode()
+    return topic, json.dumps(key).encode(), payload, None, partition
+
+
+class ChangelogTable:
+    """A faust table whose writes are sent by the caller, batched, to a chosen partition.
+
+    Reads come from faust's in-memory store (restored from the changelog at start);
+    `write`/`delete` update the store and return the changelog records to publish
+    with the rest of the batch (`send_all`) before the batch is acked.
+    """
+
+    def __init__(self, app: faust.App, name: str, partitions: int, app_id: str) -> None:
+        self.table = app.Table(name, default=None, partitions=partitions)
+        self.changelog = changelog_topic(app_id, name, partitions).name
+
+    def read(self, key: str) -> dict[str, Any] | None:
+        value: dict[str, Any] | None = self.table.data.get(key)
+        return value
+
+    def keys(self) -> list[str]:
+        return list(self.table.data)
+
+    def write(self, partition: int, writes: dict[str, dict[str, Any]]) -> list[Outgoing]:
+        for key, value in writes.items():
+            self.table.data[key] = value
+        return [changelog_record(self.changelog, partition, k, v) for k, v in writes.items()]
+
+    def delete(self, partition: int, key: str) -> Outgoing:
+        self.table.data.pop(key, None)
+        return changelog_record(self.changelog, partition, key, None)
+
+
+def raw_topic(app: faust.App, topic: Topic) -> Any:
+    """A Tollway topic (already created by `deploy.topics`) whose events carry raw bytes."""
+    return app.topic(
+        topic.name,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=topic.partitions,
+    )
+
+
+def internal_topic(app: faust.App, name: str, partitions: int) -> Any:
+    """A topic private to one processor (faust creates it on start)."""
+    return app.topic(
+        name,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=partitions,
+        internal=True,
+    )
+
+
+def fatal(what: str, exc: BaseException) -> NoReturn:
+    """Stop NOW, without acking or committing: the uncommitted input is processed again.
+
+    An exception must not escape an agent's `take_events` loop: faust would close the
+    generator, whose `finally` acks the batch that was not processed, and commit it.
+    """
+    log.critical("%s: %r; exiting so the batch is redelivered", what, exc, exc_info=exc)
+    logging.shutdown()
+    os._exit(EXIT_UNRECOVERABLE)
+
+
+def abandon(what: str) -> NoReturn:
+    """Stopped (SIGTERM, rebalance cancel) in the middle of a batch: leave without acking.
+
+    faust would ack the interrupted batch when its `take_events` generator is closed and
+    commit it on the way out; exiting here leaves it to be processed again (duplicates
+    are harmless downstream, a lost batch is not).
+    """
+    log.warning("%s: cancelled mid-batch; exiting so the batch is redelivered", what)
+    logging.shutdown()
+    os._exit(0)
+
+
+async def settle(futures: Iterable[Awaitable[Any]], what: str) -> None:
+    """Wait until Kafka acknowledged every write; a producer stuck that long is fatal."""
+    try:
+        await asyncio.wait_for(asyncio.gather(*futures), SETTLE_TIMEOUT_S)
+    except TimeoutError as exc:
+        fatal(f"{what} not acknowledged within {SETTLE_TIMEOUT_S:.0f}s", exc)
+
+
+async def send_all(app: faust.App, outgoing: Sequence[Outgoing]) -> None:
+    """Publish every record through the app's producer and wait until Kafka has them all.
+
+    A failed send is retried with the whole batch (a record may be written twice:
+    harmless, each carries its idempotency key), then the process stops unacked.
+    """
+    delay_s = 0.2
+    for attempt in range(1, _SEND_ATTEMPTS + 1):
+        try:
+            futures = [
+                await app.producer.send(topic, key, value, partition, None, headers)
+                for topic, key, value, headers, partition in outgoing
+            ]
+            await asyncio.wait_for(asyncio.gather(*futures), SETTLE_TIMEOUT_S)
+        except TimeoutError as exc:
+            fatal(f"a batch of {len(outgoing)} records not acknowledged", exc)
+        except (KafkaError, ProducerSendError) as exc:
+            if attempt == _SEND_ATTEMPTS:
+                fatal("could not publish a batch", exc)
+            log.warning("publish failed (%r), retry %d in %.1fs", exc, attempt, delay_s)
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, 5.0)
+        else:
+            return
+
+
+def dead_letter(event: Any, exc: DeadLetter) -> Outgoing:
+    """The dead-letter record of an event no retry can fix (the reason in headers)."""
+    message = event.message
+    source = f"{message.topic}/{message.partition}/{message.offset}"
+    log.error("dead letter from %s: %s", source, exc)
+    headers = [
+        ("tollway-error", type(exc).__name__.encode()),
+        ("tollway-reason", str(exc).encode()),
+        ("tollway-source", source.encode()),
+    ]
+    return topics.DEAD_LETTERS.name, message.key, message.value or b"", headers, None
+
+
+def run_worker(app: faust.App, *, loglevel: str = "INFO") -> None:
+    """Run `app` in this process until SIGTERM/SIGINT (uvloop: faust is event-bound)."""
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, loop=uvloop.new_event_loop())
+    worker.execute_from_commandline()
