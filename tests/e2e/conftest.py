@@ -15,6 +15,7 @@ def stack(kafka_bootstrap: str) -> Iterator[Stack]:
     running = Stack(
         ingress_port=free_port(),
         mock_port=free_port(),
+        clickhouse_port=free_port(),
         routers=2,
         mock_latency_ms=20,
         log_dir=STATE_DIR / "logs" / "e2e",
