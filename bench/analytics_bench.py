@@ -17,7 +17,8 @@
    with the same answer computed from the raw table for comparison.
 
 Not a test: it prints the figures and writes bench/out/analytics.json. Uses its own
-Kafka (port 39192, data in .tollway/kafka-bench-analytics) and a temporary data path.
+Kafka (port 39192, or TOLLWAY_BENCH_KAFKA_PORT; data in .tollway/kafka-bench-analytics)
+and a temporary data path.
 
     python bench/analytics_bench.py [--records 100000] [--synthetic-rows 10000000]
                                     [--chaos-records 50000] [--chaos-kills 10]
@@ -45,10 +46,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+_PORT = int(os.environ.get("TOLLWAY_BENCH_KAFKA_PORT", "39192"))  # override when taken
 os.environ.update(
     {
-        "TOLLWAY_KAFKA_PORT": "39192",
-        "TOLLWAY_KAFKA_CONTROLLER_PORT": "39193",
+        "TOLLWAY_KAFKA_PORT": str(_PORT),
+        "TOLLWAY_KAFKA_CONTROLLER_PORT": str(_PORT + 1),
         "TOLLWAY_KAFKA_DIR": str(REPO / ".tollway" / "kafka-bench-analytics"),
     }
 )

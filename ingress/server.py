@@ -54,4 +54,7 @@ def run(kafka: KafkaSettings, settings: IngressSettings) -> None:
         log_level="warning",
         timeout_graceful_shutdown=10,
         backlog=4096,
+        # longer than common client idle timeouts, so a pooled client does not reuse a
+        # connection the server is closing at that moment
+        timeout_keep_alive=75,
     )

@@ -142,6 +142,7 @@ class BudgetProcessor:
         }
         self.last_prune_ms = 0
         self.last_info_ms = 0
+        self.last_late_log_ms = 0
 
     def _states(
         self, read: Any, partition: int, scopes: list[Scope], now: int, **kwargs: Any
@@ -188,12 +189,14 @@ class BudgetProcessor:
             self.watermarks[partition] = batch.watermark_ms
             if batch.late:
                 self.counts["late"] += batch.late
-                log.warning(
-                    "%d usage records older than the dedup horizon on partition %d: counted "
-                    "without a duplicate check",
-                    batch.late,
-                    partition,
-                )
+                if now - self.last_late_log_ms >= 60_000:
+                    self.last_late_log_ms = now
+                    log.warning(
+                        "usage older than the dedup horizon (%d so far, e.g. partition %d): "
+                        "counted without a duplicate check",
+                        self.counts["late"],
+                        partition,
+                    )
             urgent = []
             for scope in batch.touched:
                 self.scope_partition[scope] = partition
