@@ -22,6 +22,8 @@ FORMATS: Final[tuple[Format, ...]] = ("table", "json", "csv")
 def _text(value: object) -> str:
     if value is None:
         return ""
+    if isinstance(value, Decimal):
+        return f"{value:f}"  # positional: 0E-9 prints as 0.000000000
     if isinstance(value, float):
         return "" if math.isnan(value) else f"{value:.3f}"
     if isinstance(value, datetime | date):
@@ -33,7 +35,7 @@ def _text(value: object) -> str:
 
 def _json_value(value: object) -> object:
     if isinstance(value, Decimal):
-        return str(value)
+        return f"{value:f}"
     if isinstance(value, datetime | date):
         return value.isoformat()
     return value

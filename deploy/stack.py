@@ -105,6 +105,8 @@ class Stack:
     ingress_port: int = 8000
     mock_port: int = 18080
     clickhouse_port: int = 18123
+    clickhouse_data: Path = STATE_DIR / "clickhouse"
+    """chdb allows one process per data path: give each stack its own."""
     routers: int = 1
     use_mock: bool = True
     mock_latency_ms: int = 50
@@ -120,7 +122,6 @@ class Stack:
         env = {
             "TOLLWAY_KAFKA_BOOTSTRAP": bootstrap,
             "TOLLWAY_BATCHES_STORE_DIR": str(STATE_DIR / "files"),
-            "CLICKHOUSE_URL": f"http://127.0.0.1:{self.clickhouse_port}",
             **self.extra_env,
         }
         if self.use_mock:
@@ -142,12 +143,14 @@ class Stack:
                 )
             )
         parts.extend(Component(f"router-{i}", ["router"], env) for i in range(1, self.routers + 1))
-        parts.append(Component(
-            "clickhouse",
-            ["analytics", "serve", "--port", str(self.clickhouse_port),
-             "--data-path", str(STATE_DIR / "clickhouse")],
-            env, f"http://127.0.0.1:{self.clickhouse_port}/ping",
-        ))  # fmt: skip
+        if "CLICKHOUSE_URL" not in os.environ:  # else: a real server, as configured
+            env["CLICKHOUSE_URL"] = f"http://127.0.0.1:{self.clickhouse_port}"
+            parts.append(Component(
+                "clickhouse",
+                ["analytics", "serve", "--port", str(self.clickhouse_port),
+                 "--data-path", str(self.clickhouse_data)],
+                env, f"http://127.0.0.1:{self.clickhouse_port}/ping",
+            ))  # fmt: skip
         parts.append(Component("loader", ["loader"], env))
         parts.append(Component("cost-processor", ["cost-processor"], env))
         parts.append(Component("budget-processor", ["budget-processor"], env))

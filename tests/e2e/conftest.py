@@ -16,6 +16,7 @@ def stack(kafka_bootstrap: str) -> Iterator[Stack]:
         ingress_port=free_port(),
         mock_port=free_port(),
         clickhouse_port=free_port(),
+        clickhouse_data=STATE_DIR / "clickhouse-e2e",
         routers=2,
         mock_latency_ms=20,
         log_dir=STATE_DIR / "logs" / "e2e",

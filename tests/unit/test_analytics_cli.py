@@ -106,8 +106,8 @@ def test_commands_parse(argv: list[str]) -> None:
     assert callable(args.func)
 
 
-ROWS = [("team-a", 3, Decimal("1.500000001"), date(2026, 3, 1), None, 0.25)]
-COLUMNS = ["team", "calls", "cost_usd", "day", "ttft", "rate"]
+ROWS = [("team-a", 3, Decimal("1.500000001"), date(2026, 3, 1), None, 0.25, Decimal("0E-9"))]
+COLUMNS = ["team", "calls", "cost_usd", "day", "ttft", "rate", "saved_usd"]
 
 
 def test_table_aligns_and_keeps_money_exact() -> None:
@@ -121,10 +121,13 @@ def test_table_aligns_and_keeps_money_exact() -> None:
 def test_json_money_is_a_string_never_a_float() -> None:
     assert json.loads(render(COLUMNS, ROWS, "json")) == [
         {"team": "team-a", "calls": 3, "cost_usd": "1.500000001", "day": "2026-03-01",
-         "ttft": None, "rate": 0.25}
+         "ttft": None, "rate": 0.25, "saved_usd": "0.000000000"}
     ]  # fmt: skip
 
 
 def test_csv() -> None:
     parsed = list(csv.reader(io.StringIO(render(COLUMNS, ROWS, "csv"))))
-    assert parsed == [COLUMNS, ["team-a", "3", "1.500000001", "2026-03-01", "", "0.250"]]
+    assert parsed == [
+        COLUMNS,
+        ["team-a", "3", "1.500000001", "2026-03-01", "", "0.250", "0.000000000"],
+    ]
