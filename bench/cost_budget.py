@@ -10,7 +10,8 @@ Measures, with both processors running as their own OS processes:
   and CPU seconds per 1,000 records of each processor.
 
 Not a test: it prints a summary and writes bench/out/cost_budget.json. Uses its own
-Kafka (port 39292, data in .tollway/kafka-bench-cost), reset at start, stopped at the end.
+Kafka (free loopback ports, data in .tollway/kafka-bench-cost), reset at start, stopped
+at the end.
 
     python bench/cost_budget.py [--calls 30000] [--teams 20] [--keys 100]
                                 [--lag-rates 200,1000] [--lag-s 10]
@@ -23,6 +24,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -33,13 +35,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-os.environ.update(
-    {
-        "TOLLWAY_KAFKA_PORT": "39292",
-        "TOLLWAY_KAFKA_CONTROLLER_PORT": "39293",
-        "TOLLWAY_KAFKA_DIR": str(REPO / ".tollway" / "kafka-bench-cost"),
-    }
-)
+os.environ["TOLLWAY_KAFKA_DIR"] = str(REPO / ".tollway" / "kafka-bench-cost")
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
 
@@ -391,7 +387,17 @@ async def bench(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
     return results
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 def main() -> None:
+    # Free loopback ports: other brokers (tests, CI copies, other benchmarks) come and go.
+    os.environ["TOLLWAY_KAFKA_PORT"] = str(free_port())
+    os.environ["TOLLWAY_KAFKA_CONTROLLER_PORT"] = str(free_port())
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=30_000)
     parser.add_argument("--teams", type=int, default=20)

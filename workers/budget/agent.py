@@ -80,6 +80,9 @@ from workers.faust_app import (
 
 log = logging.getLogger("tollway.budget")
 
+SLOW_S = 0.5
+"""A batch or tick taking longer than this is logged: it delays every budget state."""
+
 
 def wall_ms() -> int:
     return time.time_ns() // 1_000_000
@@ -385,12 +388,16 @@ def build_budget_app(
 
     async def budget_usage(stream: Any) -> None:
         async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+            started = time.perf_counter()
             try:
                 await processor.process_usage(events)
             except asyncio.CancelledError:
                 abandon("budgeting a batch")
             except Exception as exc:  # noqa: BLE001  # any bug: stop without acking the batch
                 fatal("budgeting a batch failed", exc)
+            took_s = time.perf_counter() - started
+            if took_s > SLOW_S:
+                log.warning("slow batch: %d usage records took %.2fs", len(events), took_s)
 
     async def budget_global(stream: Any) -> None:
         async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
@@ -405,10 +412,14 @@ def build_budget_app(
     app.agent(processor.global_topic, name="budget-global")(budget_global)
 
     async def tick() -> None:
+        started = time.perf_counter()
         try:
             await processor.tick()
         except Exception as exc:  # noqa: BLE001  # a broken timer would silently go stale
             fatal("budget tick failed", exc)
+        took_s = time.perf_counter() - started
+        if took_s > SLOW_S:
+            log.warning("slow tick: %.2fs (%d dirty scopes)", took_s, len(processor.dirty))
 
     async def started() -> None:
         log.info("budget processor: %d budgets, unpriced=%s", len(config.budgets), config.unpriced)
