@@ -123,8 +123,23 @@ class AiohttpClient:
             )
         return self._session
 
-    def _timeout(self, timeout_s: float) -> aiohttp.ClientTimeout:
-        return aiohttp.ClientTimeout(total=timeout_s, connect=self._connect_timeout_s)
+    def _post(
+        self,
+        url: str,
+        content: bytes,
+        headers: Mapping[str, str],
+        params: Mapping[str, str] | None,
+        timeout_s: float,
+    ) -> aiohttp.client._RequestContextManager:  # aiohttp names no public type for it
+        """The one request both `post` and `stream_post` make (redirects never followed)."""
+        return self._get_session().post(
+            url,
+            data=content,
+            headers=dict(headers),
+            params=dict(params) if params else None,
+            timeout=aiohttp.ClientTimeout(total=timeout_s, connect=self._connect_timeout_s),
+            allow_redirects=False,
+        )
 
     async def post(
         self,
@@ -136,14 +151,7 @@ class AiohttpClient:
         timeout_s: float,
     ) -> HttpResponse:
         with _aiohttp_failures():
-            async with self._get_session().post(
-                url,
-                data=content,
-                headers=dict(headers),
-                params=dict(params) if params else None,
-                timeout=self._timeout(timeout_s),
-                allow_redirects=False,
-            ) as response:
+            async with self._post(url, content, headers, params, timeout_s) as response:
                 body = await response.read()
                 return HttpResponse(response.status, response.headers, body)
 
@@ -158,14 +166,7 @@ class AiohttpClient:
         timeout_s: float,
     ) -> AsyncIterator[HttpStream]:
         with _aiohttp_failures():
-            async with self._get_session().post(
-                url,
-                data=content,
-                headers=dict(headers),
-                params=dict(params) if params else None,
-                timeout=self._timeout(timeout_s),
-                allow_redirects=False,
-            ) as response:
+            async with self._post(url, content, headers, params, timeout_s) as response:
                 yield _AiohttpStream(response)
 
     async def aclose(self) -> None:
