@@ -10,7 +10,7 @@ KAFKA := deploy/kafka/kafka.sh
 TEST_ENV := TOLLWAY_KAFKA_PORT=29092 TOLLWAY_KAFKA_CONTROLLER_PORT=29093 \
 	TOLLWAY_KAFKA_DIR=$(CURDIR)/.tollway/kafka-test TOLLWAY_KAFKA_BOOTSTRAP=127.0.0.1:29092
 
-.PHONY: setup run test lint typecheck unit integration e2e bench kafka-start kafka-stop clean
+.PHONY: setup run test lint typecheck unit integration e2e bench bench-compare kafka-start kafka-stop clean
 
 setup: $(STAMP)
 
@@ -52,6 +52,11 @@ test: setup lint typecheck
 
 bench: setup
 	$(BIN)/python bench/sync_throughput.py
+
+# Side by side with LiteLLM's proxy (bench/compare.py, its own venv): writes bench/RESULTS.md
+# in < 15 min; `make bench-compare BENCH_ARGS=--quick` is a smoke run.
+bench-compare: setup
+	$(BIN)/python bench/compare.py $(BENCH_ARGS)
 
 kafka-start:
 	bash $(KAFKA) start

@@ -10,7 +10,8 @@ Measures, with both processors running as their own OS processes:
   and CPU seconds per 1,000 records of each processor.
 
 Not a test: it prints a summary and writes bench/out/cost_budget.json. Uses its own
-Kafka (free loopback ports, data in .tollway/kafka-bench-cost), reset at start, stopped
+Kafka (free loopback ports, data in $TOLLWAY_BENCH_KAFKA_DIR, default
+.tollway/kafka-bench-cost: give each concurrent run its own), reset at start, stopped
 at the end.
 
     python bench/cost_budget.py [--calls 30000] [--teams 20] [--keys 100]
@@ -35,7 +36,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-os.environ["TOLLWAY_KAFKA_DIR"] = str(REPO / ".tollway" / "kafka-bench-cost")
+os.environ["TOLLWAY_KAFKA_DIR"] = os.environ.get(
+    "TOLLWAY_BENCH_KAFKA_DIR", str(REPO / ".tollway" / "kafka-bench-cost")
+)
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
 

@@ -43,9 +43,11 @@ def _cmd_ingress(_: argparse.Namespace) -> int:
 def _cmd_router(_: argparse.Namespace) -> int:
     import uvloop
 
+    from deploy.gc_tuning import tune_gc
     from workers.router.consumer import serve
     from workers.router.settings import RouterSettings
 
+    tune_gc()  # ~9 % of the router's CPU went to the collector (deploy/gc_tuning.py)
     uvloop.run(serve(KafkaSettings(), RouterSettings()))
     return 0
 
@@ -101,6 +103,7 @@ def _cmd_topics(_: argparse.Namespace) -> int:
 _QUICKSTART = """
 Tollway is up: {url}
   logs: {logs}
+  webhooks: {webhooks} (signing secret and endpoints; edit, then restart)
 
   curl {url}/v1/chat/completions -H 'content-type: application/json' \\
     -d '{{"model": "gpt-4o-mini", "messages": [{{"role": "user", "content": "Hello"}}]}}'
@@ -141,7 +144,10 @@ def _cmd_up(args: argparse.Namespace) -> int:
         bootstrap = start_kafka()
         print(f"Kafka ready at {bootstrap}; starting Tollway processes...", flush=True)
         stack.start(bootstrap)
-        print(_QUICKSTART.format(url=stack.url, logs=stack.log_dir), flush=True)
+        print(
+            _QUICKSTART.format(url=stack.url, logs=stack.log_dir, webhooks=stack.webhooks_file),
+            flush=True,
+        )
         while not stopping:
             dead = [c.name for c in stack.components if not c.alive()]
             if dead:

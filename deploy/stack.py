@@ -23,6 +23,7 @@ import httpx
 from deploy.topics import ensure_topics
 from schemas.batch_topics import ALL_BATCH_AND_CALLBACK_TOPICS
 from schemas.topics import ALL_TOPICS
+from workers.callbacks.webhooks_file import FILE_NAME, ensure_webhooks_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KAFKA_SCRIPT = REPO_ROOT / "deploy" / "kafka" / "kafka.sh"
@@ -112,6 +113,9 @@ class Stack:
     mock_latency_ms: int = 50
     extra_env: dict[str, str] = field(default_factory=dict)
     log_dir: Path = STATE_DIR / "logs"
+    webhooks_file: Path = STATE_DIR / FILE_NAME
+    """Created once (0600, a fresh `whsec_` secret for team `default`) unless
+    TOLLWAY_CALLBACKS_WEBHOOKS_FILE names another (workers/callbacks/webhooks_file.py)."""
     components: list[Component] = field(default_factory=list)
 
     @property
@@ -155,7 +159,13 @@ class Stack:
         parts.append(Component("cost-processor", ["cost-processor"], env))
         parts.append(Component("budget-processor", ["budget-processor"], env))
         parts.append(Component("batches-worker", ["batches-worker"], env))
-        parts.append(Component("callbacks", ["callbacks"], env))
+        webhooks = {**os.environ, **env}.get("TOLLWAY_CALLBACKS_WEBHOOKS_FILE")
+        if webhooks is None:
+            ensure_webhooks_file(self.webhooks_file)
+            webhooks = str(self.webhooks_file)
+        self.webhooks_file = Path(webhooks)
+        callbacks_env = {**env, "TOLLWAY_CALLBACKS_WEBHOOKS_FILE": webhooks}
+        parts.append(Component("callbacks", ["callbacks"], callbacks_env))
         parts.append(
             Component(
                 "ingress",

@@ -5,11 +5,19 @@ syntax (invalid UTF-8 and nesting deeper than orjson's limit of 1024 are
 syntax errors), the OpenAI schema, the model's existence in the routing table,
 and features not offered on this endpoint yet. Each failure is a typed
 `InvalidRequest` that the app renders in the OpenAI error format.
+
+Budgets (`apply_admission`): the ingress asks a `BudgetCheck` (the budget-state
+view, workers/budget/view.py) before publishing; a refusal is raised there
+(429 `budget_exceeded` / 503), a soft warning becomes the response header
+`x-tollway-budget-warning`, and a downgrade rewrites the envelope's model AND
+the body's `model` (adapters send the body's model upstream) and records the
+asked-for model in the metadata as `tollway.downgraded_from`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
 
 import orjson
 from pydantic import ValidationError
@@ -18,12 +26,21 @@ from schemas.errors import InvalidRequest, MalformedJSON
 from schemas.openai import ChatCompletionRequest
 from schemas.records import Mode, RequestEnvelope
 from schemas.routes import RoutesConfig
+from workers.budget.enforcement import Admission
 
 CHAT_ENDPOINT = "/v1/chat/completions"
+BUDGET_WARNING_HEADER: Final = "x-tollway-budget-warning"
+DOWNGRADED_FROM_KEY: Final = "tollway.downgraded_from"
+_WARNING_MAX_CHARS: Final = 1_000
 
 
-def parse_chat_request(body: bytes, routes: RoutesConfig) -> ChatCompletionRequest:
-    """Validate a chat completion body. The original bytes travel on unchanged."""
+def parse_chat_request(
+    body: bytes, routes: RoutesConfig, *, team_id: str | None = None, key_id: str | None = None
+) -> ChatCompletionRequest:
+    """Validate a chat completion body. The original bytes travel on unchanged.
+
+    `team_id`/`key_id` name the caller, whose aliases (`RoutesConfig.aliased`) count as
+    models; the router applies the same aliases when it plans the request."""
     # strict: the original bytes travel on, so "max_tokens": "5" must not pass as 5 here
     # and reach the provider as a string.
     try:
@@ -45,7 +62,7 @@ def parse_chat_request(body: bytes, routes: RoutesConfig) -> ChatCompletionReque
             else first["msg"]
         )
         raise InvalidRequest(f"{detail}: {param}", param=param) from exc
-    routes.resolve(request.model)  # raises UnknownModel
+    routes.resolve_for(request.model, team_id=team_id, key_id=key_id)  # raises UnknownModel
     return request
 
 
@@ -78,3 +95,44 @@ def build_envelope(
         "reply_partition": reply_partition,
         "metadata": metadata or {},
     }
+
+
+class BudgetCheck(Protocol):
+    """What admission needs from the budget view (`workers.budget.view.BudgetView`)."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    def check(
+        self, team_id: str, key_id: str | None, model: str, now_ms: int | None = None
+    ) -> Admission:
+        """Admit or downgrade; raises `BudgetExceeded` (429) or `ServiceUnavailable` (503)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """A request after budget admission: what to publish and the headers to answer with."""
+
+    model: str
+    body: bytes
+    metadata: dict[str, str]
+    headers: dict[str, str]
+
+
+def apply_admission(admission: Admission, body: bytes, metadata: dict[str, str]) -> Admitted:
+    """Fold an `Admission` into the request (see the module docstring)."""
+    headers: dict[str, str] = {}
+    if admission.warnings:
+        text = "; ".join(admission.warnings)[:_WARNING_MAX_CHARS]
+        headers[BUDGET_WARNING_HEADER] = text.encode("ascii", "replace").decode("ascii")
+    if admission.downgraded_from is None:
+        return Admitted(admission.model, body, metadata, headers)
+    raw = orjson.loads(body)  # parse_chat_request has validated it: a JSON object
+    raw["model"] = admission.model
+    return Admitted(
+        admission.model,
+        orjson.dumps(raw),
+        {**metadata, DOWNGRADED_FROM_KEY: admission.downgraded_from},
+        headers,
+    )

@@ -2,6 +2,7 @@
 
     POST /v1/chat/completions         publish, wait for the reply (sync), answer OpenAI JSON
     POST /v1/async/chat/completions   publish, answer 202 {id} once Kafka acknowledged it
+    POST /v1/embeddings               publish, wait for the reply (sync only), answer as chat
     GET  /v1/async/requests/{id}      queued | succeeded | failed, with the result
     GET  /v1/models                   the routing table's public model names
     GET  /healthz, /readyz            alive; ready = Kafka reachable and result index caught up
@@ -30,8 +31,16 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from ingress.admission import CHAT_ENDPOINT, build_envelope, parse_chat_request
+from ingress.admission import (
+    CHAT_ENDPOINT,
+    BudgetCheck,
+    apply_admission,
+    build_envelope,
+    parse_chat_request,
+)
 from ingress.bus import Bus, StreamItem, wait_reply
+from ingress.embeddings import parse_embeddings_request
+from ingress.idempotency import SEED_SCOPE_KEY
 from ingress.ids import new_request_id, verify_request_id
 from ingress.settings import IngressSettings
 from schemas import topics
@@ -43,6 +52,7 @@ from schemas.errors import (
     ServiceUnavailable,
     TollwayError,
 )
+from schemas.openai import EMBEDDINGS_ENDPOINT
 from schemas.records import Mode, Result
 from schemas.routes import RoutesConfig
 from workers.callbacks.events import (
@@ -123,21 +133,34 @@ class Ingress:
     """The handlers, closed over their collaborators (no globals)."""
 
     def __init__(
-        self, settings: IngressSettings, routes: RoutesConfig, bus: Bus, ingress_id: str
+        self,
+        settings: IngressSettings,
+        routes: RoutesConfig,
+        bus: Bus,
+        ingress_id: str,
+        budgets: BudgetCheck | None = None,
     ) -> None:
         self.settings = settings
         self.routes = routes
         self.bus = bus
+        self.budgets = budgets
+        """The budget-state view; None when no budgets are configured (nothing on the path)."""
         self.ingress_id = ingress_id
         self._secret = settings.id_secret.get_secret_value().encode()
 
-    async def _accept(self, request: Request, mode: Mode) -> tuple[str, Any]:
-        """Validate and publish; returns (request_id, the reply future / stream queue / None)."""
+    async def _accept(
+        self, request: Request, mode: Mode, headers: dict[str, str] | None = None
+    ) -> tuple[str, Any]:
+        """Validate and publish; returns (request_id, the reply future / stream queue / None).
+        Response headers from admission (a budget warning) are added to `headers`."""
         body = await read_body(request, self.settings.max_body_bytes)
         extra: dict[str, str] = {}
         if b'"callback_url"' in body:
             body, extra = take_callback_url(body, mode)
-        return await self.submit(body, mode, extra_metadata=extra)
+        seed = request.scope.get(SEED_SCOPE_KEY)  # set by the Idempotency-Key middleware
+        return await self.submit(
+            body, mode, extra_metadata=extra, id_seed=seed, response_headers=headers
+        )
 
     async def submit(
         self,
@@ -146,6 +169,8 @@ class Ingress:
         *,
         endpoint: str = CHAT_ENDPOINT,
         extra_metadata: dict[str, str] | None = None,
+        id_seed: str | None = None,
+        response_headers: dict[str, str] | None = None,
     ) -> tuple[str, Any]:
         """Validate a canonical (OpenAI-format) body and publish it durably.
 
@@ -153,17 +178,26 @@ class Ingress:
         chunk queue; None for async. Other API surfaces (e.g. Anthropic's
         /v1/messages) translate their body to the canonical one and call this.
         """
-        chat = parse_chat_request(body, self.routes)
-        if chat.stream and mode != "sync":
+        if endpoint == EMBEDDINGS_ENDPOINT:  # no stream, no metadata in this API
+            embed = parse_embeddings_request(body, self.routes, team_id=DEFAULT_TEAM, key_id=None)
+            model, stream, metadata = embed.model, False, {}
+        else:
+            chat = parse_chat_request(body, self.routes, team_id=DEFAULT_TEAM, key_id=None)
+            model, stream, metadata = chat.model, bool(chat.stream), dict(chat.metadata or {})
+        if stream and mode != "sync":
             raise InvalidRequest("stream=true needs the synchronous endpoint.", param="stream")
-        metadata = dict(chat.metadata or {})
         if any(key.startswith(RESERVED_PREFIX) for key in metadata):
             raise InvalidRequest(
                 f"metadata keys starting with {RESERVED_PREFIX!r} are reserved.", param="metadata"
             )
         metadata.update(extra_metadata or {})
         team_id = DEFAULT_TEAM
-        request_id = new_request_id(self._secret, team_id)
+        if self.budgets is not None:  # 429 / 503 raised here: nothing is published
+            admitted = apply_admission(self.budgets.check(team_id, None, model), body, metadata)
+            model, body, metadata = admitted.model, admitted.body, admitted.metadata
+            if response_headers is not None:
+                response_headers.update(admitted.headers)
+        request_id = new_request_id(self._secret, team_id, id_seed)
         received = now_ms()
         deadline = received + int(self.settings.sync_timeout_s * 1000)
         envelope = build_envelope(
@@ -171,7 +205,7 @@ class Ingress:
             team_id=team_id,
             key_id=None,
             mode=mode,
-            model=chat.model,
+            model=model,
             body=body,
             now_ms=received,
             deadline_ms=deadline,
@@ -183,9 +217,7 @@ class Ingress:
         waiter: Any = None
         if mode == "sync":
             waiter = (
-                self.bus.expect_stream(request_id)
-                if chat.stream
-                else self.bus.expect_reply(request_id)
+                self.bus.expect_stream(request_id) if stream else self.bus.expect_reply(request_id)
             )
         try:
             await self.bus.publish(topics.REQUESTS_INTERACTIVE.name, envelope)
@@ -195,20 +227,29 @@ class Ingress:
         return request_id, waiter
 
     async def chat_completions(self, request: Request) -> Response:
-        request_id, future = await self._accept(request, "sync")
+        headers: dict[str, str] = {}
+        request_id, future = await self._accept(request, "sync", headers)
         if isinstance(future, asyncio.Queue):
-            return await self._stream(request_id, future)
+            return await self._stream(request_id, future, headers)
         try:
             result = await self.wait(request_id, future)
         except TollwayError as exc:
-            return error_response(exc, request_id)
-        return result_response(result)
+            response = error_response(exc, request_id)
+        else:
+            response = result_response(result)
+        response.headers.update(headers)
+        return response
 
     async def wait(self, request_id: str, future: asyncio.Future[Result]) -> Result:
         """The sync reply of a submitted request (`DeadlineExceeded` after the timeout)."""
         return await wait_reply(self.bus, future, request_id, self.settings.sync_timeout_s)
 
-    async def _stream(self, request_id: str, queue: asyncio.Queue[StreamItem]) -> Response:
+    async def _stream(
+        self,
+        request_id: str,
+        queue: asyncio.Queue[StreamItem],
+        headers: dict[str, str] | None = None,
+    ) -> Response:
         """Server-sent events relayed from tollway.replies as the router produces them.
 
         The status line is decided by the first item: a chunk starts a 200 event
@@ -255,15 +296,40 @@ class Ingress:
         return StreamingResponse(
             events(),
             media_type="text/event-stream",
-            headers={REQUEST_ID_HEADER: request_id, "cache-control": "no-cache"},
+            headers={REQUEST_ID_HEADER: request_id, "cache-control": "no-cache", **(headers or {})},
         )
 
+    async def embeddings(self, request: Request) -> Response:
+        """POST /v1/embeddings: sync only, the answer relayed as the provider gave it."""
+        body = await read_body(request, self.settings.max_body_bytes)
+        headers: dict[str, str] = {}
+        request_id, future = await self.submit(
+            body,
+            "sync",
+            endpoint=EMBEDDINGS_ENDPOINT,
+            id_seed=request.scope.get(SEED_SCOPE_KEY),
+            response_headers=headers,
+        )
+        try:
+            result = await self.wait(request_id, future)
+        except TollwayError as exc:
+            response = error_response(exc, request_id)
+        else:
+            response = result_response(result)
+        response.headers.update(headers)
+        return response
+
     async def async_chat_completions(self, request: Request) -> Response:
-        request_id, _ = await self._accept(request, "async")
+        headers: dict[str, str] = {}
+        request_id, _ = await self._accept(request, "async", headers)
         return json_response(
             {"id": request_id, "object": "async.request", "status": "queued"},
             202,
-            {REQUEST_ID_HEADER: request_id, "location": f"/v1/async/requests/{request_id}"},
+            {
+                REQUEST_ID_HEADER: request_id,
+                "location": f"/v1/async/requests/{request_id}",
+                **headers,
+            },
         )
 
     async def get_async_request(self, request: Request) -> Response:
@@ -303,6 +369,8 @@ class Ingress:
     async def readyz(self, _: Request) -> Response:
         if not self.bus.ready():
             return error_response(ServiceUnavailable("Kafka is not reachable yet."))
+        if self.budgets is not None and not self.budgets.ready:
+            return error_response(ServiceUnavailable("The budget state is still loading."))
         return json_response({"status": "ready", "ingress_id": self.ingress_id})
 
 
@@ -339,11 +407,17 @@ def build_app(
     ingress_id: str | None = None,
     lifespan_hooks: tuple[Callable[[], Any], Callable[[], Any]] | None = None,
     extra_routes: Sequence[Callable[[Ingress], list[BaseRoute]]] = (),
+    budgets: BudgetCheck | None = None,
 ) -> Starlette:
     """The ASGI app. `lifespan_hooks` = (start, stop) coroutines for the bus;
-    `extra_routes` = factories of more API surfaces built on the same `Ingress`."""
+    `extra_routes` = factories of more API surfaces built on the same `Ingress`;
+    `budgets` = the budget-state view (admission; /readyz waits for it), None = no budgets."""
     ingress = Ingress(
-        settings, routes, bus, ingress_id or f"ingress-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        settings,
+        routes,
+        bus,
+        ingress_id or f"ingress-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+        budgets,
     )
 
     @asynccontextmanager
@@ -360,6 +434,7 @@ def build_app(
         routes=[
             Route("/v1/chat/completions", ingress.chat_completions, methods=["POST"]),
             Route("/v1/async/chat/completions", ingress.async_chat_completions, methods=["POST"]),
+            Route(EMBEDDINGS_ENDPOINT, ingress.embeddings, methods=["POST"]),
             Route("/v1/async/requests/{request_id}", ingress.get_async_request, methods=["GET"]),
             Route("/v1/models", ingress.list_models, methods=["GET"]),
             Route("/healthz", ingress.healthz, methods=["GET"]),

@@ -6,7 +6,9 @@
     POST /v1/batches/{batch_id}/cancel
 
 Creating a batch checks the input file (exists, this team's, purpose batch, at most
-`MAX_REQUESTS` requests) and writes the batch's first state (validating) to the
+`MAX_REQUESTS` requests), with budgets the team's hard budgets (429 `budget_exceeded`
+when one is spent, 503 when unknown; a warning header when the estimated cost exceeds
+what is left: workers/batches/budget.py), and writes the batch's first state (validating) to the
 compacted tollway.batch-state with acks=all before answering; a batch worker then
 expands and runs it. Reads come from `BatchView`, the ingress's materialised view
 of that topic (docs/decisions/0006-batches.md). Every error is an OpenAI error body.
@@ -28,9 +30,10 @@ from ingress.files_api import TeamOf, default_team
 from schemas.errors import BodyTooLarge, InvalidRequest, MalformedJSON, NotFound, TollwayError
 from schemas.records import BatchState
 from workers.batches import files
+from workers.batches.budget import BatchBudgets, FirstLine, first_line
 from workers.batches.expander import count_requests
 from workers.batches.filestore import FileStore
-from workers.batches.jsonl import MAX_REQUESTS, SUPPORTED_ENDPOINTS
+from workers.batches.jsonl import MAX_REQUESTS, SUPPORTED_ENDPOINTS, split_lines
 from workers.batches.state import (
     CANCELLABLE,
     COMPLETION_WINDOWS_S,
@@ -42,6 +45,7 @@ from workers.batches.state import (
 from workers.batches.view import BatchView
 
 MAX_CREATE_BODY_BYTES: Final = 64 * 1024
+BUDGET_WARNING_HEADER: Final = "x-tollway-budget-warning"
 DEFAULT_PAGE: Final = 20
 MAX_PAGE: Final = 100
 _CREATE_FIELDS: Final = frozenset(
@@ -59,8 +63,13 @@ def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _json(content: object, status: int = 200) -> Response:
-    return Response(orjson.dumps(content), status, media_type="application/json")
+def _json(content: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(content), status, headers, media_type="application/json")
+
+
+def _first_line(store: FileStore, file_id: str) -> FirstLine | None:
+    """The input file's first request line (reads only the file's first chunks; blocking)."""
+    return first_line(split_lines(store.chunks(files.content_key(file_id))))
 
 
 async def _read_json(request: Request) -> dict[str, Any]:
@@ -90,11 +99,13 @@ class BatchesApi:
         *,
         team_of: TeamOf = default_team,
         clock_ms: Callable[[], int] = wall_ms,
+        budgets: BatchBudgets | None = None,
     ) -> None:
         self.store = store
         self.view = view
         self.team_of = team_of
         self.clock_ms = clock_ms
+        self.budgets = budgets
 
     async def create(self, request: Request) -> Response:
         team_id = self.team_of(request)
@@ -136,6 +147,12 @@ class BatchesApi:
                     f"The input file has more than {MAX_REQUESTS} requests; split it.",
                     param="input_file_id",
                 )
+        headers: dict[str, str] = {}
+        if self.budgets is not None:  # 429 / 503 raised here: nothing is created
+            first = await asyncio.to_thread(_first_line, self.store, file_id)
+            warning = self.budgets.admit_create(team_id, first, meta["lines"])
+            if warning is not None:
+                headers[BUDGET_WARNING_HEADER] = warning.encode("ascii", "replace").decode()
         state = new_batch(
             batch_id=files.new_batch_id(),
             team_id=team_id,
@@ -146,7 +163,7 @@ class BatchesApi:
             now_ms=self.clock_ms(),
         )
         await self.view.create(state)
-        return _json(to_openai(state))
+        return _json(to_openai(state), headers=headers)
 
     async def _state(self, request: Request) -> BatchState:
         batch_id = request.path_params["batch_id"]
@@ -198,9 +215,10 @@ def batches_routes(
     *,
     team_of: TeamOf = default_team,
     clock_ms: Callable[[], int] = wall_ms,
+    budgets: BatchBudgets | None = None,
 ) -> list[Route]:
     """The Batches API routes, to be added to the ingress app."""
-    api = BatchesApi(store, view, team_of=team_of, clock_ms=clock_ms)
+    api = BatchesApi(store, view, team_of=team_of, clock_ms=clock_ms, budgets=budgets)
     return [
         Route("/v1/batches", api.create, methods=["POST"]),
         Route("/v1/batches", api.list, methods=["GET"]),

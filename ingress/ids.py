@@ -25,8 +25,13 @@ def _tag(secret: bytes, team_id: str, random_hex: str) -> str:
     return mac.hexdigest()[:16]
 
 
-def new_request_id(secret: bytes, team_id: str) -> str:
-    random_hex = secrets.token_hex(12)
+def new_request_id(secret: bytes, team_id: str, seed: str | None = None) -> str:
+    """A fresh id; with `seed` (an Idempotency-Key submission, ingress/idempotency.py)
+    the same seed always gives the same id, so a duplicate is one request downstream."""
+    if seed is None:
+        random_hex = secrets.token_hex(12)
+    else:
+        random_hex = hmac.new(secret, f"seed|{seed}".encode(), hashlib.sha256).hexdigest()[:24]
     return f"{_PREFIX}{random_hex}{_tag(secret, team_id, random_hex)}"
 
 

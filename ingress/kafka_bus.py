@@ -1,6 +1,7 @@
 """The ingress's Kafka adapter: durable publish, sync replies, result lookup.
 
-    out: tollway.requests.interactive  (idempotent producer, acks=all)
+    out: tollway.requests.interactive  (idempotent producer, acks=all; keyed by request id,
+         or by team id for a team with a hard budget: docs/decisions/0009)
     in:  tollway.replies, one partition chosen at start (sync replies for this replica)
     in:  tollway.results, every partition from the start (index request_id -> offset)
 
@@ -24,6 +25,7 @@ import contextlib
 import logging
 import random
 from collections import OrderedDict
+from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -38,6 +40,13 @@ from schemas.settings import KafkaSettings
 log = logging.getLogger("tollway.ingress.kafka")
 
 
+def request_key(envelope: RequestEnvelope) -> bytes:
+    """The default key of a request: its id, so load spreads over the router group (0004).
+    With hard budgets, `workers.budget.ownership.Ownership` keys a team's requests by team
+    instead (0009), passed in as `key_of`."""
+    return envelope["request_id"].encode()
+
+
 class KafkaBus(ReplyWaiters):
     """`Bus` over Kafka. Clients are created in `start()` (none exist before it)."""
 
@@ -46,8 +55,16 @@ class KafkaBus(ReplyWaiters):
     _results: AIOKafkaConsumer
     _fetcher: AIOKafkaConsumer
 
-    def __init__(self, kafka: KafkaSettings, *, client_id: str, result_index_max: int) -> None:
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        *,
+        client_id: str,
+        result_index_max: int,
+        key_of: Callable[[RequestEnvelope], bytes] | None = None,
+    ) -> None:
         super().__init__()
+        self._key_of = key_of or request_key
         self._kafka = kafka
         self._client_id = client_id
         self._index_max = result_index_max
@@ -71,6 +88,11 @@ class KafkaBus(ReplyWaiters):
             enable_idempotence=True,
             acks="all",
             linger_ms=0,  # measured: linger 2 ms adds ~2.8 ms per hop; load batches anyway
+            # A team with a hard budget is one partition (0009): a burst of its requests
+            # queues behind one in-flight request per broker; 16 KiB batches (the default)
+            # made 1,000 at once take ~12 s here, 256 KiB ~1.3 s.
+            max_batch_size=256 * 1024,
+            max_request_size=topics.REQUEST_RECORD_MAX_BYTES,
             request_timeout_ms=self._kafka.request_timeout_ms,
         )
         self._replies = AIOKafkaConsumer(**common, enable_auto_commit=False, group_id=None)
@@ -127,7 +149,7 @@ class KafkaBus(ReplyWaiters):
         value = codec.encode("request", envelope)
         try:
             await asyncio.wait_for(
-                self.producer.send_and_wait(topic, value, key=envelope["request_id"].encode()),
+                self.producer.send_and_wait(topic, value, key=self._key_of(envelope)),
                 timeout=self._kafka.request_timeout_ms / 1000,
             )
         except (KafkaError, TimeoutError) as exc:

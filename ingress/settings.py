@@ -1,20 +1,35 @@
-"""Ingress settings (env prefix `TOLLWAY_INGRESS_`), parsed once and frozen."""
+"""Ingress settings (env prefix `TOLLWAY_INGRESS_`, and `TOLLWAY_ADMIN_KEY`), parsed once, frozen.
+
+Secrets are `SecretStr` and validation errors never echo an input (`hide_input_in_errors`),
+so a rejected admin key does not land in a start-up log.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIN_ADMIN_KEY_CHARS = 24
 
 
 class IngressSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TOLLWAY_INGRESS_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="TOLLWAY_INGRESS_",
+        frozen=True,
+        extra="ignore",
+        populate_by_name=True,
+        hide_input_in_errors=True,
+    )
 
     host: str = "127.0.0.1"
     port: int = 8000
     max_body_bytes: int = Field(
-        default=10 * 1024 * 1024, ge=1024, description="Largest accepted request body (bytes)."
+        default=10 * 1024 * 1024,
+        ge=1024,
+        le=10 * 1024 * 1024,  # the request topics take 12 MiB records (schemas/topics.py)
+        description="Largest accepted request body (bytes).",
     )
     sync_timeout_s: float = Field(
         default=600.0, gt=0, description="How long a sync request waits for its result."
@@ -30,3 +45,44 @@ class IngressSettings(BaseSettings):
         description="HMAC key that signs request ids; must be the same on every replica.",
     )
     routes_file: Path | None = Field(default=None, validation_alias="TOLLWAY_ROUTES_FILE")
+    admin_key: SecretStr | None = Field(
+        default=None,
+        validation_alias="TOLLWAY_ADMIN_KEY",
+        description="The admin credential (`Authorization: Bearer <key>`) of the admin routes "
+        f"(/v1/analytics/...): at least {MIN_ADMIN_KEY_CHARS} printable ASCII characters, no "
+        "spaces. Unset (or empty): those routes answer 403. Never a virtual key.",
+    )
+    analytics_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="Longest a /v1/analytics query may take (waiting for a thread included); "
+        "504 after it.",
+    )
+    analytics_threads: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Threads that run blocking ClickHouse calls for /v1/analytics (at most this "
+        "many queries at once per ingress; the rest wait within their timeout).",
+    )
+
+    @field_validator("admin_key", mode="before")
+    @classmethod
+    def _empty_admin_key_is_unset(cls, value: object) -> object:
+        return None if value in ("", None) else value
+
+    @field_validator("admin_key")
+    @classmethod
+    def _admin_key_is_strong(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        key = value.get_secret_value()
+        if len(key) < MIN_ADMIN_KEY_CHARS:
+            raise ValueError(
+                f"TOLLWAY_ADMIN_KEY must be at least {MIN_ADMIN_KEY_CHARS} characters "
+                "(e.g. `openssl rand -hex 32`)"
+            )
+        if not all("!" <= ch <= "~" for ch in key):
+            raise ValueError("TOLLWAY_ADMIN_KEY must be printable ASCII without spaces")
+        return value

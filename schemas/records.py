@@ -8,7 +8,7 @@ Field meanings and units are documented once, in the Avro schemas under
 
 from __future__ import annotations
 
-from typing import Literal, TypedDict
+from typing import Final, Literal, TypedDict
 
 Mode = Literal["sync", "async", "batch"]
 Status = Literal["succeeded", "failed"]
@@ -47,6 +47,14 @@ class Usage(TypedDict):
     cached_tokens: int
     reasoning_tokens: int
     cache_write_tokens: int
+
+
+RESULT_BODY_MAX_BYTES: Final = 1_000_000
+"""The largest response body a `Result` carries, in bytes. Results travel on
+tollway.replies and tollway.results, whose records are capped by Kafka's default
+`message.max.bytes` (1 MiB); the rest of the record (ids, metadata) fits in what is
+left. A larger answer is refused as `ResponseTooLarge` instead of a record that no
+producer can send."""
 
 
 class Result(TypedDict):
@@ -275,3 +283,17 @@ class WebhookEndpointState(TypedDict):
     disabled: bool
     reason: str | None
     updated_at_ms: int
+
+
+class IdempotencyEntryRecord(TypedDict):
+    """`tollway.idempotency` value (schema `idempotency_entry`), compacted by `<team>/<key>`."""
+
+    team_id: str
+    key: str
+    request_hash: bytes
+    status: int
+    headers: list[list[str]]
+    body: bytes | None
+    body_bytes: int
+    created_at_ms: int
+    expires_at_ms: int

@@ -12,6 +12,16 @@ where `model` is the Azure deployment name and `api_version` is required).
 
 A model name ending in `*` is a prefix pattern: `mock-*` routes every model
 whose name starts with `mock-` (the mock provider chooses behaviour by name).
+
+A deployment without `model` calls upstream with the name of the model it is
+listed under (under a prefix pattern: the requested name). So a
+context-window chain or an alias that lands on `gpt-4.1` calls `gpt-4.1`, not
+the name the client sent.
+
+`aliases` rewrite a client-facing name for one team or one API key before
+planning (`RoutesConfig.aliased`): the key's table wins over the team's, which
+wins over the global names. Resolution is one step: an alias names a model
+defined in `models`, never another alias.
 """
 
 from __future__ import annotations
@@ -37,10 +47,20 @@ from pydantic import (
 from schemas.errors import UnknownModel
 
 DEFAULT_MOCK_URL: Final = "http://127.0.0.1:18080/v1"
-_DEFAULT_MODELS: Final = ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4.1")
+_DEFAULT_MODELS: Final = (
+    "gpt-4o-mini",
+    "gpt-4o",
+    "gpt-4.1-mini",
+    "gpt-4.1",
+    "text-embedding-3-small",
+    "text-embedding-3-large",
+)
 
 ProviderKind = Literal["openai", "anthropic", "gemini", "azure"]
 """The wire formats Tollway speaks upstream; one adapter each (workers/providers/)."""
+EMBEDDING_PROVIDERS: Final[frozenset[str]] = frozenset({"openai", "azure", "gemini"})
+"""The wire formats with an embeddings API (Anthropic has none): an embeddings request
+is planned over these deployments of its route only."""
 
 
 class Deployment(BaseModel):
@@ -52,7 +72,9 @@ class Deployment(BaseModel):
     provider: ProviderKind = "openai"
     base_url: Annotated[str, Field(pattern=r"^https?://")]
     model: str | None = Field(
-        default=None, description="Upstream model name; defaults to the requested name."
+        default=None,
+        description="Upstream model name; defaults to the name of the model it is listed "
+        "under (the requested name under a prefix pattern).",
     )
     api_key_env: str | None = Field(
         default=None, description="Environment variable holding the API key."
@@ -123,12 +145,31 @@ class ModelRoute(BaseModel):
     content_policy_fallbacks: tuple[str, ...] = ()
 
 
+AliasTable = Mapping[str, str]
+"""Client-facing name -> the model (a name in `models`) it stands for."""
+
+
+class Aliases(BaseModel):
+    """Model names rewritten per team and per API key (`aliases:` in the routes file).
+
+    `teams` and `keys` map a team id / key id to its alias table. A caller's
+    key table is consulted first, then its team's; the first hit is the model
+    routed, and it is never looked up again (no chains).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    teams: Mapping[str, AliasTable] = Field(default_factory=dict)
+    keys: Mapping[str, AliasTable] = Field(default_factory=dict)
+
+
 class RoutesConfig(BaseModel):
     """The whole routing table."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     models: Mapping[str, ModelRoute]
+    aliases: Aliases = Field(default_factory=Aliases)
 
     def resolve(self, model: str) -> ModelRoute:
         """The route for `model`: an exact name first, then the longest prefix pattern."""
@@ -144,6 +185,35 @@ class RoutesConfig(BaseModel):
             raise UnknownModel(f"The model `{model}` does not exist", param="model")
         return best[1]
 
+    def aliased(self, model: str, *, team_id: str | None, key_id: str | None) -> str:
+        """The model name to route for this caller: the key's alias of `model`, else the
+        team's, else `model` itself. One lookup per table, never repeated (no chains)."""
+        if key_id is not None:
+            target = self.aliases.keys.get(key_id, {}).get(model)
+            if target is not None:
+                return target
+        if team_id is not None:
+            target = self.aliases.teams.get(team_id, {}).get(model)
+            if target is not None:
+                return target
+        return model
+
+    def resolve_for(self, model: str, *, team_id: str | None, key_id: str | None) -> ModelRoute:
+        """`resolve` after the caller's aliases: the route a team's/key's request takes."""
+        return self.resolve(self.aliased(model, team_id=team_id, key_id=key_id))
+
+    @field_validator("models")
+    @classmethod
+    def _upstream_model_defaults_to_route_name(
+        cls, models: Mapping[str, ModelRoute]
+    ) -> Mapping[str, ModelRoute]:
+        # Filled once here, so every plan (aliases and special chains included) calls the
+        # model it routed to and every attempt records (and is priced as) that model.
+        return {
+            name: route if name.endswith("*") else _with_default_model(route, name)
+            for name, route in models.items()
+        }
+
     @model_validator(mode="after")
     def _fallback_models_exist(self) -> RoutesConfig:
         for name, route in self.models.items():
@@ -153,8 +223,41 @@ class RoutesConfig(BaseModel):
                         raise ValueError(f"models.{name}: fallback model {target!r} is not defined")
         return self
 
+    @model_validator(mode="after")
+    def _aliases_name_models(self) -> RoutesConfig:
+        for scope, tables in (("teams", self.aliases.teams), ("keys", self.aliases.keys)):
+            for owner, table in tables.items():
+                for alias, target in table.items():
+                    problem = _alias_problem(alias, target, table, self.models)
+                    if problem is not None:
+                        raise ValueError(f"aliases.{scope}.{owner}.{alias}: {problem}")
+        return self
+
     def public_names(self) -> list[str]:
         return sorted(name for name in self.models if not name.endswith("*"))
+
+
+def _with_default_model(route: ModelRoute, name: str) -> ModelRoute:
+    if all(d.model is not None for d in route.deployments):
+        return route
+    deployments = tuple(
+        d if d.model is not None else d.model_copy(update={"model": name})
+        for d in route.deployments
+    )
+    return route.model_copy(update={"deployments": deployments})
+
+
+def _alias_problem(
+    alias: str, target: str, table: AliasTable, models: Mapping[str, ModelRoute]
+) -> str | None:
+    """Why `alias -> target` is not allowed in `table`, or None."""
+    if not alias or alias.endswith("*"):
+        return "an alias is one exact model name (not empty, no `*` pattern)"
+    if target.endswith("*") or target not in models:
+        return f"target {target!r} is not a model defined in `models`"
+    if target in table:
+        return f"target {target!r} is itself an alias in the same table (aliases do not chain)"
+    return None
 
 
 class RoutesConfigError(ValueError):
@@ -184,8 +287,10 @@ def load_routes(path: Path | None, environ: Mapping[str, str] = os.environ) -> R
         raw = yaml.safe_load(path.read_text("utf-8"))
         return RoutesConfig.model_validate(raw)
     except ValidationError as exc:
+        # Whole-table checks have no location of their own: their message starts with the path.
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" if err["loc"] else err["msg"]
+            for err in exc.errors()
         )
         raise RoutesConfigError(f"{path}: {problems}") from exc
     except yaml.YAMLError as exc:

@@ -30,16 +30,23 @@ def _cfg(**kv: str) -> MappingProxyType[str, str]:
     return MappingProxyType({k.replace("_", "."): v for k, v in kv.items()})
 
 
+REQUEST_RECORD_MAX_BYTES: Final = 12 * 1024 * 1024
+"""Largest request record: the ingress's 10 MiB body limit plus the envelope, with room.
+
+Kafka's default (1 MiB) would refuse a large prompt (a few base64 images) after the
+ingress had accepted it; the request topics and the ingress producer say 12 MiB.
+"""
+
 REQUESTS_INTERACTIVE: Final = Topic(
     "tollway.requests.interactive",
     partitions=6,
-    config=_cfg(retention_ms=str(3 * _DAY_MS)),
+    config=_cfg(retention_ms=str(3 * _DAY_MS), max_message_bytes=str(REQUEST_RECORD_MAX_BYTES)),
     doc="Sync and async single requests, keyed by request_id; consumed by routers.",
 )
 REQUESTS_BATCH: Final = Topic(
     "tollway.requests.batch",
     partitions=6,
-    config=_cfg(retention_ms=str(7 * _DAY_MS)),
+    config=_cfg(retention_ms=str(7 * _DAY_MS), max_message_bytes=str(REQUEST_RECORD_MAX_BYTES)),
     doc="Requests expanded from batch files; a lower-priority lane for routers.",
 )
 REPLIES: Final = Topic(
@@ -82,10 +89,25 @@ BUDGET_EVENTS: Final = Topic(
     config=_cfg(retention_ms=str(30 * _DAY_MS)),
     doc="Threshold crossings (50/80/100%) for webhooks and analytics.",
 )
+IDEMPOTENCY: Final = Topic(
+    "tollway.idempotency",
+    partitions=6,
+    # compact: one entry per key; delete: an entry leaves once older than the retention
+    # (2 x the ingress's default 24 h, so a longer setting up to 48 h still finds its
+    # entries; readers also ignore entries past their own expires_at_ms).
+    config=_cfg(
+        cleanup_policy="compact,delete",
+        retention_ms=str(2 * _DAY_MS),
+        min_cleanable_dirty_ratio="0.1",
+        segment_ms=str(_HOUR_MS),
+        max_message_bytes=str(2 * 1024 * 1024),
+    ),
+    doc="Responses kept under their Idempotency-Key, keyed by <team>/<key>; read by every ingress.",
+)
 DEAD_LETTERS: Final = Topic(
     "tollway.dead-letters",
     partitions=1,
-    config=_cfg(retention_ms=str(30 * _DAY_MS)),
+    config=_cfg(retention_ms=str(30 * _DAY_MS), max_message_bytes=str(REQUEST_RECORD_MAX_BYTES)),
     doc="Records no stage could decode or process, with the reason in headers.",
 )
 
@@ -98,5 +120,6 @@ ALL_TOPICS: Final[tuple[Topic, ...]] = (
     USAGE,
     BUDGET_STATE,
     BUDGET_EVENTS,
+    IDEMPOTENCY,
     DEAD_LETTERS,
 )

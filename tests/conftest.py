@@ -10,6 +10,11 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# The machines are shared and noisy: property tests judge results, never speed.
+settings.register_profile("tollway", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("tollway")
 
 # Tests use their own broker (ports and data dir) so a developer's `tollway up` is untouched;
 # the Makefile sets the same values.

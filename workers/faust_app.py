@@ -4,9 +4,22 @@ Everything faust needs to run a Tollway stream processor: the app factory
 (broker from `TOLLWAY_KAFKA_BOOTSTRAP`, in-memory tables restored from their
 changelog topics, a data dir under `.tollway/faust/<app id>`, the web server
 off unless a port is given), topic objects that hand agents the raw bytes
-(records are Avro, decoded with `schemas.codec` inside the agents), and the
-worker runner. Faust stays here and in `agent.py` so the processors' logic is
-plain functions, testable without it (STYLE.md).
+(records are Avro, decoded with `schemas.codec` inside the agents), and the one
+launcher both processors use (`create_processor_app`, `batch_agent`,
+`run_processor`: app from settings, the batch loop that never acks a failed
+batch, topics prepared before the worker runs). Faust stays here and in
+`agent.py` so the processors' logic is plain functions, testable without it
+(STYLE.md).
+
+Restarts: a processor given a `group_instance_id` is a static member of its
+consumer group (KIP-345). Restarted with the same id (SIGKILL, deploy), it
+takes its partitions back as soon as it joins, instead of after the broker has
+waited out the dead member's session (`session_timeout_s`, >= 6 s: the broker's
+`group.min.session.timeout.ms`). The price: a static member sends no LeaveGroup,
+so one that stops for good (even cleanly) holds its partitions unprocessed for
+one session timeout; and the newer of two live processes with one id fences the
+older, so each replica needs its own id. Measured in
+tests/integration/test_cost_budget.py: join within ~0.1 s of start.
 
 Facts this module relies on (faust-streaming 0.15.3, ARCHITECTURE.md): faust is
 slow per event, so agents read in batches (`stream.take_events`); its
@@ -22,10 +35,10 @@ import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Final, NoReturn
+from typing import Any, Final, NoReturn, Protocol
 
 import faust
 import uvloop
@@ -65,8 +78,12 @@ def create_app(
     commit_interval_s: float = 1.0,
     replication_factor: int = 1,
     start_from: str = "earliest",
+    group_instance_id: str | None = None,
 ) -> faust.App:
-    """A faust app whose id is also its consumer group and its changelog topics' prefix."""
+    """A faust app whose id is also its consumer group and its changelog topics' prefix.
+
+    `group_instance_id`: static group membership (see the module doc); None = dynamic.
+    """
     heartbeat_s = max(1.0, session_timeout_s / 3)
     (data_dir / app_id).mkdir(parents=True, exist_ok=True)
     return faust.App(
@@ -81,12 +98,56 @@ def create_app(
         consumer_auto_offset_reset=start_from,
         broker_session_timeout=session_timeout_s,
         broker_heartbeat_interval=heartbeat_s,
+        consumer_group_instance_id=group_instance_id,
         broker_commit_interval=commit_interval_s,
         producer_acks=-1,
         topic_replication_factor=replication_factor,
         topic_allow_declare=True,  # only faust's own topics (changelogs, internal)
         table_standby_replicas=0,
         processing_guarantee="at_least_once",
+    )
+
+
+class ProcessorSettings(Protocol):
+    """The settings every faust processor has (CostSettings, BudgetSettings): what the
+    shared launcher reads. Durations in seconds."""
+
+    @property
+    def app_id(self) -> str: ...
+    @property
+    def data_dir(self) -> Path: ...
+    @property
+    def web_port(self) -> int | None: ...
+    @property
+    def session_timeout_s(self) -> float: ...
+    @property
+    def commit_interval_s(self) -> float: ...
+    @property
+    def replication_factor(self) -> int: ...
+    @property
+    def start_from(self) -> str: ...
+    @property
+    def group_instance_id(self) -> str | None: ...
+    @property
+    def batch_max(self) -> int: ...
+    @property
+    def batch_within_s(self) -> float: ...
+    @property
+    def log_level(self) -> str: ...
+
+
+def create_processor_app(bootstrap: str, settings: ProcessorSettings) -> faust.App:
+    """`create_app` configured from a processor's settings."""
+    return create_app(
+        settings.app_id,
+        bootstrap=bootstrap,
+        data_dir=settings.data_dir,
+        web_port=settings.web_port,
+        session_timeout_s=settings.session_timeout_s,
+        commit_interval_s=settings.commit_interval_s,
+        replication_factor=settings.replication_factor,
+        start_from=settings.start_from,
+        group_instance_id=settings.group_instance_id,
     )
 
 
@@ -280,7 +341,64 @@ def dead_letter(event: Any, exc: DeadLetter) -> Outgoing:
     return topics.DEAD_LETTERS.name, message.key, message.value or b"", headers, None
 
 
+BatchHandler = Callable[[Sequence[Any]], Awaitable[None]]
+"""Processes one batch of events; returns once every effect of the batch is in Kafka."""
+
+
+def batch_agent(
+    app: faust.App,
+    channel: Any,
+    *,
+    name: str,
+    settings: ProcessorSettings,
+    handle: BatchHandler,
+    what: str,
+    slow_log: logging.Logger | None = None,
+    slow_s: float = 0.5,
+) -> None:
+    """Add agent `name`: `handle` each batch of `channel`'s events, then let faust ack it.
+
+    Batches hold at most `settings.batch_max` events and wait at most
+    `settings.batch_within_s` to fill (faust is slow per event). A batch that raises
+    or is cancelled is never acked (`fatal` / `abandon`: the process exits and the
+    batch is processed again). With `slow_log`, a batch taking over `slow_s` seconds
+    is logged there (it delays everything downstream).
+    """
+
+    async def process_batches(stream: Any) -> None:
+        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+            started = time.perf_counter()
+            try:
+                await handle(events)
+            except asyncio.CancelledError:
+                abandon(what)
+            except Exception as exc:  # noqa: BLE001  # any bug: stop without acking the batch
+                fatal(f"{what} failed", exc)
+            took_s = time.perf_counter() - started
+            if slow_log is not None and took_s > slow_s:
+                slow_log.warning("slow batch (%s): %d events took %.2fs", what, len(events), took_s)
+
+    app.agent(channel, name=name)(process_batches)
+
+
 def run_worker(app: faust.App, *, loglevel: str = "INFO") -> None:
     """Run `app` in this process until SIGTERM/SIGINT (uvloop: faust is event-bound)."""
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, loop=uvloop.new_event_loop())
     worker.execute_from_commandline()
+
+
+def run_processor(
+    bootstrap: str,
+    settings: ProcessorSettings,
+    build: Callable[[], faust.App],
+    *,
+    own_topics: tuple[Topic, ...] = (),
+) -> None:
+    """Prepare the processor's topics (its leader topic and `own_topics`), then build its
+    app and run it in this process until SIGTERM/SIGINT."""
+    prepare_topics(
+        bootstrap,
+        (leader_topic(settings.app_id), *own_topics),
+        replication_factor=settings.replication_factor,
+    )
+    run_worker(build(), loglevel=settings.log_level)

@@ -2,7 +2,8 @@
 
 Every process is real and separate; the broker is the real Kafka. The last
 test SIGKILLs a router in the middle of a run and proves that every request
-that got a 202 still gets its result.
+that got a 202 still gets its result. /v1/embeddings (openai SDK, limits, pricing)
+runs through the same stack, at the end.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import time
 from collections import Counter
 
 import httpx
+import openai
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from openai import OpenAI
 
 from deploy.stack import Stack
-from schemas import topics
+from schemas import codec, topics
 
 pytestmark = pytest.mark.e2e
 
@@ -86,6 +88,18 @@ def test_async_request_answers_202_and_its_result_is_fetchable(stack: Stack) -> 
             time.sleep(0.05)
     assert polled["status"] == "succeeded"
     assert polled["response"]["choices"][0]["message"]["content"]
+
+
+def test_an_idempotency_key_is_answered_once_through_the_real_ingress(stack: Stack) -> None:
+    key = {"Idempotency-Key": f"e2e-{time.time_ns()}"}
+    with httpx.Client(base_url=stack.url, timeout=10) as client:
+        first = client.post("/v1/async/chat/completions", json=CHAT, headers=key)
+        again = client.post("/v1/async/chat/completions", json=CHAT, headers=key)
+        other = client.post("/v1/async/chat/completions", json={**CHAT, "n": 2}, headers=key)
+    assert first.status_code == again.status_code == 202
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers["idempotent-replayed"] == "true"
+    assert (other.status_code, other.json()["error"]["code"]) == (422, "idempotency_key_reused")
 
 
 async def test_1000_concurrent_requests_all_complete_exactly_once(
@@ -173,3 +187,88 @@ def test_the_openai_sdk_streams_through_kafka(stack: Stack) -> None:
     assert text
     assert chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens > 0
+
+
+# --- /v1/embeddings (the same stack: no second start-up) ------------------------------
+
+SMALL_NANO_USD_PER_TOKEN = 20
+"""text-embedding-3-small: USD 0.02 per 1M input tokens (workers/cost/catalogue.json)."""
+
+
+def test_the_openai_sdk_creates_embeddings_through_kafka(stack: Stack) -> None:
+    client = OpenAI(base_url=f"{stack.url}/v1", api_key="any", max_retries=0)
+    # The SDK asks for base64 unless told otherwise and decodes it: the default path.
+    raw = client.embeddings.with_raw_response.create(
+        model="text-embedding-3-small", input=["hello", "world", "hello"]
+    )
+    created = raw.parse()
+    assert created.object == "list"
+    assert [e.index for e in created.data] == [0, 1, 2]
+    assert all(len(e.embedding) == 1536 for e in created.data)
+    assert created.data[0].embedding == created.data[2].embedding  # deterministic mock
+    assert created.data[0].embedding != created.data[1].embedding
+    assert created.usage.prompt_tokens == created.usage.total_tokens == 6
+    assert raw.headers["x-tollway-request-id"].startswith("req_")
+    assert raw.headers["x-tollway-deployment"] == "mock"
+
+    as_float = client.embeddings.create(
+        model="text-embedding-3-small", input="hello", encoding_format="float"
+    )
+    assert as_float.data[0].embedding == created.data[0].embedding  # float32 both ways
+
+    short = client.embeddings.create(
+        model="text-embedding-3-large", input=[[1, 2, 3]], dimensions=64
+    )
+    assert len(short.data[0].embedding) == 64
+    assert short.usage.prompt_tokens == 3
+    assert "text-embedding-3-small" in {m.id for m in client.models.list().data}
+
+
+def test_limits_are_clear_400s_and_the_largest_answer_crosses_kafka(stack: Stack) -> None:
+    client = OpenAI(base_url=f"{stack.url}/v1", api_key="any", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as too_many:
+        client.embeddings.create(model="text-embedding-3-small", input=["x"] * 2049, dimensions=4)
+    assert "at most 2048" in str(too_many.value)
+    with pytest.raises(openai.BadRequestError) as too_large:
+        client.embeddings.create(model="text-embedding-3-small", input=["x"] * 500)
+    assert too_large.value.code == "response_too_large"
+    # ~990 KB of base64 vectors: the biggest result the default Kafka record limit carries.
+    big = client.embeddings.create(
+        model="text-embedding-3-small", input=[f"t{i}" for i in range(120)]
+    )
+    assert len(big.data) == 120
+    assert all(len(e.embedding) == 1536 for e in big.data)
+
+
+async def test_the_call_is_priced_at_the_input_rate(stack: Stack, kafka_bootstrap: str) -> None:
+    client = openai.AsyncOpenAI(base_url=f"{stack.url}/v1", api_key="any", max_retries=0)
+    raw = await client.embeddings.with_raw_response.create(
+        model="text-embedding-3-small", input=["priced " * 25]
+    )
+    request_id = raw.headers["x-tollway-request-id"]
+    prompt_tokens = raw.parse().usage.prompt_tokens
+    await client.close()
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=kafka_bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topics.USAGE.name, p) for p in range(topics.USAGE.partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        record = None
+        deadline = time.monotonic() + 30
+        while record is None and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                for message in records:
+                    usage = codec.decode("usage", message.value)
+                    if usage["request_id"] == request_id:
+                        record = usage
+    finally:
+        await consumer.stop()
+    assert record is not None, "no priced usage record for the embeddings call"
+    assert (record["prompt_tokens"], record["completion_tokens"]) == (prompt_tokens, 0)
+    assert record["cost_status"] == "priced"
+    assert record["cost_nano_usd"] == prompt_tokens * SMALL_NANO_USD_PER_TOKEN

@@ -10,7 +10,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import httpx2  # the openai SDK's HTTP client
 import openai
@@ -28,14 +28,18 @@ from ingress.files_api import files_routes
 from schemas import codec, topics
 from schemas.batch_topics import BATCH_TOPICS
 from schemas.errors import TollwayError
+from schemas.records import BudgetState
 from schemas.settings import KafkaSettings
 from tests.integration.conftest import routes_for
 from tests.integration.kafka_io import produce
 from workers.batches.assembler import request_id_for
+from workers.batches.budget import BatchBudgets
 from workers.batches.consumer import BatchWorker, wall_ms
 from workers.batches.filestore import LocalFileStore
 from workers.batches.settings import BatchesSettings
 from workers.batches.view import KafkaBatchView
+from workers.budget.config import parse_budgets
+from workers.budget.view import FixedBudgetView
 
 pytestmark = pytest.mark.kafka
 
@@ -73,8 +77,12 @@ class Harness:
         )
         self.workers: list[tuple[BatchWorker, asyncio.Task[None]]] = []
 
-    def start_worker(self, clock_ms: Callable[[], int] = wall_ms) -> asyncio.Task[None]:
-        worker = BatchWorker(self.kafka, self.settings, self.store, self.routes, clock_ms=clock_ms)
+    def start_worker(
+        self, clock_ms: Callable[[], int] = wall_ms, budgets: BatchBudgets | None = None
+    ) -> asyncio.Task[None]:
+        worker = BatchWorker(
+            self.kafka, self.settings, self.store, self.routes, clock_ms=clock_ms, budgets=budgets
+        )
         task = asyncio.create_task(worker.run())
         self.workers.append((worker, task))
         return task
@@ -272,3 +280,57 @@ async def test_a_batch_past_its_window_expires(harness: Harness, sdk: openai.Asy
     final = await wait_for(sdk, created.id, lambda b: b.status == "expired", timeout_s=20)
     assert final.expired_at is not None
     assert counts(final)[0] == 1
+
+
+# --- budgets: a spent hard budget pauses the expansion -------------------------------------
+
+USD: Final = 1_000_000_000
+HARD: Final = parse_budgets('- {scope: "team:default", window: 1h, limit_usd: "1.00"}')
+
+
+def team_state(spent: int) -> BudgetState:
+    far = 4_000_000_000_000  # "updated" in the future: never stale during the test
+    return {
+        "scope_type": "team", "scope_id": "default", "window": "1h",
+        "spent_nano_usd": spent, "limit_nano_usd": USD, "remaining_nano_usd": max(0, USD - spent),
+        "status": "exceeded" if spent >= USD else "ok", "enforcement": "hard",
+        "frees_at_ms": None, "watermark_ms": far, "updated_at_ms": far,
+    }  # fmt: skip
+
+
+def extras(batch: openai.types.Batch) -> dict[str, object]:
+    found = batch.to_dict()["tollway"]  # Tollway's extras, kept by the SDK's model
+    assert isinstance(found, dict)
+    return found
+
+
+async def test_a_spent_budget_pauses_expansion_until_room_frees(
+    harness: Harness, sdk: openai.AsyncOpenAI
+) -> None:
+    view = FixedBudgetView(HARD, {"team:default:1h": team_state(USD)})
+    budgets = BatchBudgets(view, lambda _: [])
+    harness.settings = harness.settings.model_copy(
+        update={"budget_lookahead_lines": 10, "budget_poll_s": 0.1}
+    )
+    body = b"".join(request_line(f"p-{i}", model="mock-fast") for i in range(60))
+    uploaded = await sdk.files.create(file=("in.jsonl", body), purpose="batch")
+    harness.start_worker(budgets=budgets)
+    created = await sdk.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+
+    paused = await wait_for(sdk, created.id, lambda b: extras(b)["paused_reason"] is not None)
+    assert paused.status == "in_progress"
+    assert extras(paused)["paused_reason"] == "budget_exceeded: team:default 1h"
+    assert extras(paused)["enqueued"] == 0
+    assert counts(paused)[1:] == (0, 0)
+
+    view.states["team:default:1h"] = team_state(USD // 2)  # spend left the rolling window
+    final = await wait_for(sdk, created.id, lambda b: b.status == "completed")
+    assert counts(final) == (60, 60, 0)
+    assert extras(final)["paused_reason"] is None
+    assert final.output_file_id is not None
+    output = (await sdk.files.content(final.output_file_id)).content.splitlines()
+    assert sorted(orjson.loads(x)["custom_id"] for x in output) == sorted(
+        f"p-{i}" for i in range(60)
+    )

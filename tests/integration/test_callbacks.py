@@ -7,16 +7,18 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from standardwebhooks import Webhook
 
 from deploy.topics import ensure_topics
 from schemas import codec, topics
-from schemas.batch_topics import ALL_BATCH_AND_CALLBACK_TOPICS
-from schemas.records import BudgetEvent
+from schemas.batch_topics import ALL_BATCH_AND_CALLBACK_TOPICS, CALLBACKS_DEAD
+from schemas.records import BudgetEvent, WebhookDelivery
 from schemas.settings import KafkaSettings
 from tests.integration.conftest import free_port
 from tests.integration.kafka_io import envelope, produce
@@ -24,8 +26,9 @@ from tests.integration.test_batches import skip_backlog
 from workers.callbacks.dispatcher import Dispatcher, replay
 from workers.callbacks.endpoints import WebhooksConfig, endpoint_key
 from workers.callbacks.events import CALLBACK_URL_KEY
-from workers.callbacks.settings import CallbacksSettings
+from workers.callbacks.settings import CallbacksSettings, load_webhooks
 from workers.callbacks.signing import new_secret
+from workers.callbacks.webhooks_file import ensure_webhooks_file
 
 pytestmark = pytest.mark.kafka
 
@@ -84,19 +87,20 @@ async def start_dispatcher(
     await ensure_topics(kafka_bootstrap, ALL_BATCH_AND_CALLBACK_TOPICS)
     running: list[tuple[Dispatcher, asyncio.Task[None]]] = []
 
-    async def start(webhooks: WebhooksConfig) -> Dispatcher:
-        settings = CallbacksSettings(
-            group_id="tollway-callbacks-it",
-            allow_http=True,
-            allow_networks=("127.0.0.0/8",),
-            retry_base_s=0.2,
-            retry_factor=2,
-            retry_max_delay_s=0.5,
-            retry_give_up_after_s=60,
-            retry_jitter=0,
-            timeout_s=2,
-            commit_interval_ms=100,
-        )
+    async def start(webhooks: WebhooksConfig, **overrides: Any) -> Dispatcher:
+        options: dict[str, Any] = {
+            "group_id": "tollway-callbacks-it",
+            "allow_http": True,
+            "allow_networks": ("127.0.0.0/8",),
+            "retry_base_s": 0.2,
+            "retry_factor": 2,
+            "retry_max_delay_s": 0.5,
+            "retry_give_up_after_s": 60,
+            "retry_jitter": 0,
+            "timeout_s": 2,
+            "commit_interval_ms": 100,
+        }
+        settings = CallbacksSettings(**{**options, **overrides})
         dispatcher = Dispatcher(KafkaSettings(bootstrap=kafka_bootstrap), settings, webhooks)
         task = asyncio.create_task(dispatcher.run())
         running.append((dispatcher, task))
@@ -205,5 +209,80 @@ async def test_410_disables_the_endpoint_and_replay_delivers_after_it_is_fixed(
         assert receiver.received[0][0]["webhook-id"] in {
             h["webhook-id"] for h, _ in receiver.received[1:]
         }
+    finally:
+        await receiver.stop()
+
+
+async def _dead_letters_after(bootstrap: str, start: int, url: str) -> list[WebhookDelivery]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    tp = TopicPartition(CALLBACKS_DEAD.name, 0)
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        consumer.seek(tp, start)
+        found: list[WebhookDelivery] = []
+        deadline = time.monotonic() + 20
+        while not found and time.monotonic() < deadline:
+            batch = await consumer.getmany(tp, timeout_ms=500)
+            for record in batch.get(tp, []):
+                delivery = codec.decode("webhook_delivery", record.value or b"")
+                if delivery["url"] == url:
+                    found.append(delivery)
+        return found
+    finally:
+        await consumer.stop()
+
+
+async def _dead_end(bootstrap: str) -> int:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition(CALLBACKS_DEAD.name, 0)
+        end: int = (await consumer.end_offsets([tp]))[tp]
+        return end
+    finally:
+        await consumer.stop()
+
+
+async def test_the_local_stack_file_signs_and_loopback_needs_the_allow_list(
+    kafka_bootstrap: str, run_router: Any, start_dispatcher: Any, tmp_path: Path
+) -> None:
+    """`tollway up`'s generated webhooks file signs callback deliveries; a receiver on
+    loopback is reached only with the development allow-list, refused without it."""
+    path = tmp_path / "webhooks.yaml"
+    assert ensure_webhooks_file(path)
+    webhooks = load_webhooks(path)
+    team = webhooks.team("default")
+    assert team is not None
+    secret = team.secrets[0].get_secret_value()
+    receiver = await Receiver(free_port()).start()
+    try:
+        await skip_backlog(kafka_bootstrap, ROUTER_GROUP)
+        run_router(ROUTER_GROUP)
+        dead_from = await _dead_end(kafka_bootstrap)
+        refusing = await start_dispatcher(
+            webhooks, group_id=f"it-refuse-{uuid.uuid4().hex[:6]}", allow_networks=()
+        )
+        request = envelope(mode="async", metadata={CALLBACK_URL_KEY: receiver.url})
+        await produce(
+            kafka_bootstrap,
+            topics.REQUESTS_INTERACTIVE.name,
+            [(request["request_id"].encode(), codec.encode("request", request))],
+        )
+        (dead,) = await _dead_letters_after(kafka_bootstrap, dead_from, receiver.url)
+        assert "127.0.0.1" in (dead["last_error"] or "")
+        assert receiver.received == []
+        refusing.stop()
+
+        await start_dispatcher(webhooks, group_id=f"it-allow-{uuid.uuid4().hex[:6]}")
+        allowed = envelope(mode="async", metadata={CALLBACK_URL_KEY: receiver.url})
+        await produce(
+            kafka_bootstrap,
+            topics.REQUESTS_INTERACTIVE.name,
+            [(allowed["request_id"].encode(), codec.encode("request", allowed))],
+        )
+        await receiver.wait(1)
+        headers, body = receiver.received[0]
+        assert Webhook(secret).verify(body, headers)["data"]["id"] == allowed["request_id"]
     finally:
         await receiver.stop()

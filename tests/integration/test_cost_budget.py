@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,9 +49,15 @@ class Processor:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    started_ms: int = 0
+    """Wall-clock start of the current process (epoch ms; priced_at_ms is on the same clock)."""
+    killed_at: float | None = None
+    ready_after_kill_s: list[float] = field(default_factory=list)
+    """SIGKILL -> the next process logged Ready, per kill."""
 
     def start(self) -> None:
         self.starts += 1
+        self.started_ms = time.time_ns() // 1_000_000
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", self.module],
@@ -71,11 +77,15 @@ class Processor:
             assert self.process is not None
             assert self.process.poll() is None, f"{self.module} died:\n{self.log()[-3000:]}"
             assert time.monotonic() < deadline, f"{self.module} not ready:\n{self.log()[-3000:]}"
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.1)
+        if self.killed_at is not None:
+            self.ready_after_kill_s.append(time.monotonic() - self.killed_at)
+            self.killed_at = None
 
     def kill9(self) -> None:
         assert self.process is not None
         os.kill(self.process.pid, signal.SIGKILL)
+        self.killed_at = time.monotonic()
         self.process.wait(10)
 
     def stop(self) -> None:
@@ -150,10 +160,13 @@ def _admits(view: BudgetView, team: str) -> bool:
     return True
 
 
-async def eventually(check: Any, timeout_s: float = 20.0, what: str = "") -> None:
+async def eventually(
+    check: Any, timeout_s: float = 20.0, what: str = "", state: Callable[[], object] = str
+) -> None:
+    """Wait until `check()` is true; on timeout fail with `what` and `state()`."""
     deadline = time.monotonic() + timeout_s
     while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what} {state()}"
         await asyncio.sleep(0.1)
 
 
@@ -236,7 +249,11 @@ async def stack(kafka_bootstrap: str, tmp_path: Path) -> AsyncIterator[Stack]:
     run_id = uuid.uuid4().hex[:8]
     budgets = tmp_path / "budgets.yaml"
     budgets.write_text(
-        f'- {{scope: "team:it-{run_id}-capped", window: 24h, limit_usd: "0.30"}}\n', "utf-8"
+        f'- {{scope: "team:it-{run_id}-capped", window: 24h, limit_usd: "0.30"}}\n'
+        # budgeted, so its states go out with every batch (the chaos test watches them)
+        f'- {{scope: "team:it-{run_id}-chaos", window: 24h, limit_usd: "1000000", '
+        "enforcement: soft}\n",
+        "utf-8",
     )
     common = {
         "TOLLWAY_KAFKA_BOOTSTRAP": kafka_bootstrap,
@@ -251,6 +268,8 @@ async def stack(kafka_bootstrap: str, tmp_path: Path) -> AsyncIterator[Stack]:
             "TOLLWAY_COST_START_FROM": "latest",
             "TOLLWAY_COST_DATA_DIR": str(tmp_path / "faust"),
             "TOLLWAY_COST_SESSION_TIMEOUT_S": "6",
+            # static membership: a restarted process gets its partitions back at once
+            "TOLLWAY_COST_GROUP_INSTANCE_ID": "it-cost-0",
         },
         tmp_path / "cost.log",
     )
@@ -262,6 +281,7 @@ async def stack(kafka_bootstrap: str, tmp_path: Path) -> AsyncIterator[Stack]:
             "TOLLWAY_BUDGET_START_FROM": "latest",
             "TOLLWAY_BUDGET_DATA_DIR": str(tmp_path / "faust"),
             "TOLLWAY_BUDGET_SESSION_TIMEOUT_S": "6",
+            "TOLLWAY_BUDGET_GROUP_INSTANCE_ID": "it-budget-0",
             "TOLLWAY_BUDGETS_FILE": str(budgets),
         },
         tmp_path / "budget.log",
@@ -380,60 +400,150 @@ async def test_usage_is_priced_once_and_budget_state_tracks_the_team(stack: Stac
     assert len({e["event_id"] for e in crossings}) == 3
 
 
-async def test_sigkill_of_both_processors_loses_and_doubles_nothing(stack: Stack) -> None:
+KILLS_EACH = 5
+FEED_CHUNK = 25
+FEED_PAUSE_S = 0.08  # ~250 calls/s while the processors are killed and restarted
+PROGRESS_RECORDS = 100  # what a (re)started processor must have done before it is killed
+CONVERGE_TIMEOUT_S = 60.0  # after the last restart (generous: the 2 cores are shared)
+
+
+async def test_sigkill_both_processors_five_times_each_loses_and_doubles_nothing(
+    stack: Stack,
+) -> None:
+    """SIGKILL the cost and the budget processor 5 times each, interleaved, each one while
+    attempts are being fed and right after it was seen working: every call is priced
+    (one usage id per (request_id, attempt)), and the budget totals count each id once."""
     team = f"it-{stack.run_id}-chaos"
+    key_1h, key_24h = f"team:{team}:1h", f"team:{team}:24h"
     reader = stack.reader
-    calls = [attempt(team, key_id=f"key_{stack.run_id}_{i % 4}") for i in range(3_000)]
-    expected = len(calls) * MOCK_COST_NANO
+    fed: list[Attempt] = []
+    stop_feeding = asyncio.Event()
 
     async def feed() -> None:
-        for start in range(0, len(calls), 100):
-            await send(stack.producer, calls[start : start + 100])
-            await asyncio.sleep(0.1)  # ~1,000 calls/s: the processor is busy when it dies
+        n = 0
+        while not stop_feeding.is_set():
+            chunk = [
+                attempt(team, key_id=f"key_{stack.run_id}_{i % 4}")
+                for i in range(n, n + FEED_CHUNK)
+            ]
+            await send(stack.producer, chunk)
+            fed.extend(chunk)
+            n += FEED_CHUNK
+            await asyncio.sleep(FEED_PAUSE_S)
 
+    priced_before: set[str] = set()  # as the reader saw it when the current cost process started
+
+    def newly_priced_by_current_cost() -> int:
+        """Calls the current cost process priced that no earlier one had (as far as seen):
+        it got past the previous process's uncommitted tail, so each round moves forward."""
+        return len(
+            {
+                u["usage_id"]
+                for u in reader.usage_of(team)
+                if u["priced_at_ms"] >= stack.cost.started_ms
+            }
+            - priced_before
+        )
+
+    def spent() -> int:
+        return reader.spent(key_1h) or 0
+
+    async def cost_working() -> None:
+        await stack.cost.wait_ready()
+        await eventually(
+            lambda: newly_priced_by_current_cost() >= PROGRESS_RECORDS,
+            timeout_s=READY_TIMEOUT_S,
+            what=f"cost processor #{stack.cost.starts} to price",
+        )
+
+    async def budget_working() -> None:
+        await stack.budget.wait_ready()
+        base = spent()
+        await eventually(
+            lambda: spent() >= base + PROGRESS_RECORDS * MOCK_COST_NANO,
+            timeout_s=READY_TIMEOUT_S,
+            what=f"budget processor #{stack.budget.starts} to fold in usage",
+        )
+
+    began = time.monotonic()
     feeding = asyncio.create_task(feed())
-    await eventually(lambda: len(reader.usage_of(team)) > 600, what="usage before the kill")
-    stack.cost.kill9()
-    stack.cost.start()
-    await stack.cost.wait_ready()
-    # ... and the budget processor too, once it has folded in a good part of the stream
-    await eventually(
-        lambda: (reader.spent(f"team:{team}:1h") or 0) > expected // 3, what="spend to grow"
-    )
-    stack.budget.kill9()
-    stack.budget.start()
-    await feeding
-    await stack.budget.wait_ready()
+    try:
+        for _ in range(KILLS_EACH):
+            await cost_working()
+            assert not feeding.done()
+            stack.cost.kill9()
+            priced_before = {u["usage_id"] for u in reader.usage_of(team)}
+            stack.cost.start()
+            await budget_working()  # folds in the backlog, then the new cost processor's usage
+            assert not feeding.done()
+            stack.budget.kill9()
+            stack.budget.start()
+        await cost_working()
+        await budget_working()
+    finally:
+        stop_feeding.set()
+        await feeding
+    chaos_s = time.monotonic() - began
 
-    ids = {f"{a['request_id']}:{a['attempt_id']}" for a in calls}
+    ids = {f"{a['request_id']}:{a['attempt_id']}" for a in fed}
+    assert len(ids) == len(fed)
+
+    def unpriced() -> str:
+        usage_ids = {u["usage_id"] for u in reader.usage_of(team)}
+        return f"({len(ids - usage_ids)} of {len(ids)} unpriced, {len(usage_ids - ids)} unknown)"
+
     await eventually(
         lambda: {u["usage_id"] for u in reader.usage_of(team)} == ids,
-        timeout_s=40,
-        what="every call priced after the restart",
+        timeout_s=CONVERGE_TIMEOUT_S,
+        what="every call priced after the restarts",
+        state=unpriced,
     )
-    # Duplicates from the killed processor's uncommitted tail, plus some injected on purpose.
-    dup_records = reader.usage_of(team)[:50]
+    usage = reader.usage_of(team)
+    assert {(u["request_id"], u["attempt_id"]) for u in usage} == {
+        (a["request_id"], a["attempt_id"]) for a in fed
+    }
+    # A re-priced call carries its id and cost again (its pricing_version may differ when
+    # the catalogue changed between the two processes): whichever copy a sink keeps is right.
+    first: dict[str, UsageRecord] = {}
+    for u in usage:
+        assert first.setdefault(u["usage_id"], u)["cost_nano_usd"] == u["cost_nano_usd"]
+    expected = sum(u["cost_nano_usd"] for u in first.values())
+    assert expected == len(fed) * MOCK_COST_NANO
+
+    # More duplicates, injected on purpose on top of the killed processors' replays.
     futures = [
         await stack.producer.send(
             topics.USAGE.name, codec.encode("usage", u), key=u["team_id"].encode()
         )
-        for u in dup_records
+        for u in usage[:50]
     ]
     await asyncio.gather(*futures)
     await eventually(
-        lambda: len(reader.usage_of(team)) >= len(ids) + 50, what="injected duplicates"
+        lambda: len(reader.usage_of(team)) >= len(usage) + 50, what="injected duplicates"
     )
     await eventually(
-        lambda: reader.spent(f"team:{team}:1h") == expected, timeout_s=20, what="budget totals"
+        lambda: spent() == expected,
+        timeout_s=CONVERGE_TIMEOUT_S,
+        what="budget totals",
+        state=lambda: f"(spent {spent()}, expected {expected})",
     )
-    await asyncio.sleep(2.0)  # nothing late may move the totals afterwards
-    assert reader.spent(f"team:{team}:1h") == expected
-    assert reader.spent(f"team:{team}:24h") == expected
+    await asyncio.sleep(2.5)  # nothing late may move the totals (states of keys: every 2 s)
+    assert reader.spent(key_1h) == reader.spent(key_24h) == expected
+    assert reader.spent(f"model:{team}/mock-fast:24h") == expected
     keys_total = sum(reader.spent(f"key:key_{stack.run_id}_{i}:1h") or 0 for i in range(4))
     assert keys_total == expected
+
     duplicates = len(reader.usage_of(team)) - len(ids)
-    print(f"usage records {len(reader.usage_of(team))} for {len(ids)} calls: {duplicates} dups")
     assert duplicates >= 50
-    assert stack.budget.process is not None
-    assert stack.budget.process.poll() is None
-    assert stack.cost.starts == stack.budget.starts == 2
+    for processor in (stack.cost, stack.budget):
+        assert processor.starts == 1 + KILLS_EACH
+        assert processor.process is not None
+        assert processor.process.poll() is None
+    print(
+        f"\n{len(fed)} calls fed over {chaos_s:.1f}s with {2 * KILLS_EACH} SIGKILLs; "
+        f"{len(reader.usage_of(team))} usage records ({duplicates} duplicates, 50 injected); "
+        "SIGKILL -> Ready (s): cost "
+        + " ".join(f"{r:.1f}" for r in stack.cost.ready_after_kill_s)
+        + ", budget "
+        + " ".join(f"{r:.1f}" for r in stack.budget.ready_after_kill_s)
+    )

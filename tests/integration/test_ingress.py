@@ -114,3 +114,11 @@ async def test_streaming_relays_chunks_through_kafka(gateway: httpx.AsyncClient)
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     assert text
     assert chunks[-1]["usage"]["completion_tokens"] > 0
+
+
+async def test_a_large_prompt_crosses_kafka(gateway: httpx.AsyncClient) -> None:
+    """A 3 MiB prompt is over Kafka's 1 MiB default: the request topics take 12 MiB records."""
+    big = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x" * 3_000_000}]}
+    response = await gateway.post("/v1/chat/completions", json=big)
+    assert response.status_code == 200, response.text
+    assert response.json()["object"] == "chat.completion"

@@ -23,6 +23,7 @@ from schemas.errors import (
     ProviderServerError,
 )
 from schemas.routes import Deployment, ProviderKind
+from workers.providers.base import StreamPiece
 from workers.providers.mock.behaviour import MockSettings
 from workers.providers.mock.server import STATS_KEY, build_app
 from workers.providers.registry import ProviderRegistry, build_registry
@@ -228,13 +229,23 @@ async def test_azure_adapter_uses_the_deployment_url_and_api_version(
             {"type": "invalid_request_error", "message": "model: Field required"},
         ),
         (
-            "/v1beta/models/mock:streamGenerateContent",
+            "/v1beta/models/mock:countTokens",
             {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]},
             404,
             {
                 "code": 404,
-                "message": "the mock serves only :generateContent",
+                "message": "the mock serves only :generateContent and :streamGenerateContent",
                 "status": "NOT_FOUND",
+            },
+        ),
+        (
+            "/v1beta/models/mock:streamGenerateContent",  # no alt=sse: Gemini's JSON array
+            {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]},
+            400,
+            {
+                "code": 400,
+                "message": "the mock streams only server-sent events: add alt=sse",
+                "status": "INVALID_ARGUMENT",
             },
         ),
         (
@@ -290,3 +301,94 @@ async def test_mock_counts_every_dialect_by_model(
         "by_status": {"200": 3, "500": 1},
         "by_model": {"mock-flaky-100": 1, "mock-slow-1": 3},
     }
+
+
+# --- streaming: every dialect's stream through its adapter, chunk by chunk -------------
+
+
+async def _stream(
+    registry: ProviderRegistry, deployment: Deployment, request: dict[str, Any]
+) -> tuple[list[dict[str, Any]], list[StreamPiece]]:
+    streamed = {**request, "stream": True, "stream_options": {"include_usage": True}}
+    pieces = [piece async for piece in registry.chat_stream(deployment, streamed)]
+    return [orjson.loads(piece.data) for piece in pieces], pieces
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_streamed_reply_is_the_unstreamed_reply_in_chunks(
+    kind: ProviderKind, mock_root: tuple[str, web.Application], registry: ProviderRegistry
+) -> None:
+    root, app = mock_root
+    deployment = _deployment(kind, root)
+    whole = orjson.loads((await registry.chat(deployment, _request("mock"))).body)
+    chunks, pieces = await _stream(registry, deployment, _request("mock"))
+    assert all(chunk["object"] == "chat.completion.chunk" for chunk in chunks)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    deltas = [c["choices"][0]["delta"].get("content") for c in chunks if c["choices"]]
+    assert len([d for d in deltas if d]) == 8  # one chunk per word, as the mock sends
+    assert "".join(d or "" for d in deltas) == whole["choices"][0]["message"]["content"]
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "stop"
+    assert chunks[-1]["choices"] == []
+    assert chunks[-1]["usage"] == whole["usage"]
+    assert pieces[-1].usage is not None
+    assert pieces[-1].usage["completion_tokens"] == 8
+    assert app[STATS_KEY].by_status == {200: 2}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_streamed_max_tokens_gives_length(
+    kind: ProviderKind, mock_root: tuple[str, web.Application], registry: ProviderRegistry
+) -> None:
+    root, _ = mock_root
+    chunks, pieces = await _stream(
+        registry, _deployment(kind, root), _request("mock", max_tokens=3)
+    )
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "length"
+    assert pieces[-1].usage is not None
+    assert pieces[-1].usage["completion_tokens"] == 3
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    ("model", "cls", "status"),
+    [
+        ("mock-429-7", ProviderRateLimited, 429),
+        ("mock-error-503", ProviderServerError, 503),
+        ("mock-context-window", ProviderBadRequest, 400),
+    ],
+)
+async def test_stream_errors_come_before_the_first_chunk(
+    kind: ProviderKind,
+    model: str,
+    cls: type[ProviderError],
+    status: int,
+    mock_root: tuple[str, web.Application],
+    registry: ProviderRegistry,
+) -> None:
+    """Raised before any piece, so the router can still retry or fail over."""
+    root, _ = mock_root
+    streamed = {**_request(model), "stream": True}
+    with pytest.raises(ProviderError) as info:
+        await anext(registry.chat_stream(_deployment(kind, root), streamed))
+    assert type(info.value) is cls
+    assert info.value.upstream_status == status
+    if cls is ProviderBadRequest:
+        assert info.value.upstream_code == "context_length_exceeded"
+    if isinstance(info.value, ProviderRateLimited):
+        assert info.value.retry_after_s == 7.0
+
+
+async def test_streamed_content_filter_in_each_dialect(
+    mock_root: tuple[str, web.Application], registry: ProviderRegistry
+) -> None:
+    root, _ = mock_root
+    request = {**_request("mock-content-filter"), "stream": True}
+    for kind in ("openai", "gemini"):  # a 400, and a blocked prompt: before any chunk
+        with pytest.raises(ProviderBadRequest) as info:
+            await anext(registry.chat_stream(_deployment(kind, root), request))
+        assert info.value.upstream_code == "content_filter"
+    chunks, _ = await _stream(registry, _deployment("anthropic", root), request)  # a refusal
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]] == [
+        None,
+        "content_filter",
+    ]

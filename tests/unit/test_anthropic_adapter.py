@@ -31,6 +31,7 @@ from workers.providers.anthropic import (
     to_messages_request,
     usage_from_anthropic,
 )
+from workers.providers.base import StreamPiece
 from workers.providers.http import HttpxClient
 
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -661,3 +662,184 @@ async def test_unusable_200_is_a_server_error(
     with pytest.raises(ProviderServerError) as info:
         await provider.chat(DEPLOYMENT, HELLO)
     assert info.value.retriable
+
+
+# --- streaming (chat_stream) ------------------------------------------------------------
+
+
+def _sse(events: list[dict[str, Any]]) -> bytes:
+    """Events framed as the Messages API sends them: an `event:` line, then `data:`."""
+    return b"".join(
+        b"event: " + str(e["type"]).encode() + b"\ndata: " + orjson.dumps(e) + b"\n\n"
+        for e in events
+    )
+
+
+async def _in_pieces(body: bytes, size: int = 7) -> AsyncIterator[bytes]:
+    """The body in small network chunks that split lines and events anywhere."""
+    for start in range(0, len(body), size):
+        yield body[start : start + size]
+
+
+STREAM_EVENTS: Final[list[dict[str, Any]]] = [
+    {
+        "type": "message_start",
+        "message": {
+            "id": "msg_stream",
+            "type": "message",
+            "role": "assistant",
+            "content": [],
+            "model": "claude-sonnet-4-5-20250929",
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 12, "cache_read_input_tokens": 4, "output_tokens": 1},
+        },
+    },
+    {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+    {"type": "ping"},
+    {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hel"}},
+    {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "lo"}},
+    {"type": "content_block_stop", "index": 0},
+    {
+        "type": "message_delta",
+        "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+        "usage": {"output_tokens": 3},
+    },
+    {"type": "message_stop"},
+]
+STREAMED_HELLO: Final[dict[str, Any]] = {
+    **HELLO,
+    "stream": True,
+    "stream_options": {"include_usage": True},
+}
+
+
+async def _collect(provider: AnthropicProvider, request: dict[str, Any]) -> list[Any]:
+    return [orjson.loads(p.data) async for p in provider.chat_stream(DEPLOYMENT, request)]
+
+
+async def _drain(stream: AsyncIterator[StreamPiece], into: list[Any]) -> None:
+    """Collect chunks into `into` until the stream ends or raises."""
+    async for piece in stream:
+        # One by one: a comprehension would lose the pieces relayed before an error.
+        into.append(orjson.loads(piece.data))  # noqa: PERF401
+
+
+async def test_stream_request_and_chunks(provider: AnthropicProvider, upstream: Upstream) -> None:
+    upstream.handler = lambda _: httpx.Response(
+        200,
+        content=_in_pieces(_sse(STREAM_EVENTS)),
+        headers={"content-type": "text/event-stream"},
+    )
+    chunks = await _collect(provider, STREAMED_HELLO)
+    (request,) = upstream.requests
+    assert str(request.url) == "https://api.anthropic.test/v1/messages"
+    assert request.headers["x-api-key"] == "sk-ant-test"
+    assert request.headers["anthropic-version"] == "2023-06-01"
+    expected = {**to_messages_request(HELLO, "claude-sonnet-4-5"), "stream": True}
+    assert upstream.sent() == expected  # stream_options is OpenAI's: not sent upstream
+    assert [c["choices"][0]["delta"] for c in chunks[:-1]] == [
+        {"role": "assistant", "content": ""},
+        {"content": "Hel"},
+        {"content": "lo"},
+        {},
+    ]
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+    assert {c["id"] for c in chunks} == {"msg_stream"}
+    assert {c["created"] for c in chunks} == {NOW_S}
+    assert chunks[-1]["usage"]["prompt_tokens"] == 16
+    assert chunks[-1]["usage"]["prompt_tokens_details"] == {"cached_tokens": 4}
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "headers", "cls", "code"),
+    [
+        (429, _error("rate_limit_error"), {"retry-after": "9"}, ProviderRateLimited, None),
+        (529, _error("overloaded_error"), {}, ProviderServerError, "overloaded_error"),
+        (
+            400,
+            _error("invalid_request_error", "prompt is too long: 208845 tokens > 200000 maximum"),
+            {},
+            ProviderBadRequest,
+            "context_length_exceeded",
+        ),
+        (401, _error("authentication_error"), {}, ProviderError, "authentication_error"),
+    ],
+)
+async def test_stream_errors_before_the_first_byte_allow_fallback(
+    provider: AnthropicProvider,
+    upstream: Upstream,
+    status: int,
+    body: bytes,
+    headers: dict[str, str],
+    cls: type[ProviderError],
+    code: str | None,
+) -> None:
+    upstream.handler = lambda _: httpx.Response(status, content=body, headers=headers)
+    stream = provider.chat_stream(DEPLOYMENT, STREAMED_HELLO)
+    with pytest.raises(ProviderError) as info:
+        await anext(stream)  # nothing was relayed: the router may retry or fail over
+    assert type(info.value) is cls
+    assert info.value.upstream_status == status
+    if cls is ProviderRateLimited:
+        assert isinstance(info.value, ProviderRateLimited)
+        assert info.value.retry_after_s == 9.0
+    else:
+        assert info.value.upstream_code == code
+
+
+async def test_an_error_event_mid_stream_raises_after_the_relayed_pieces(
+    provider: AnthropicProvider, upstream: Upstream
+) -> None:
+    overloaded = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    upstream.handler = lambda _: httpx.Response(
+        200, content=_in_pieces(_sse([*STREAM_EVENTS[:4], overloaded]))
+    )
+    relayed: list[Any] = []
+    with pytest.raises(ProviderServerError) as info:
+        await _drain(provider.chat_stream(DEPLOYMENT, STREAMED_HELLO), relayed)
+    assert [c["choices"][0]["delta"] for c in relayed] == [
+        {"role": "assistant", "content": ""},
+        {"content": "Hel"},
+    ]
+    assert info.value.upstream_code == "overloaded_error"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        _sse(STREAM_EVENTS[:-1]),  # cut before message_stop
+        b"data: not json\n\n",
+        b"data: [1, 2]\n\n",
+    ],
+    ids=["cut-short", "not-json", "not-an-object"],
+)
+async def test_unusable_streams_are_server_errors(
+    provider: AnthropicProvider, upstream: Upstream, body: bytes
+) -> None:
+    upstream.handler = lambda _: httpx.Response(200, content=_in_pieces(body))
+    with pytest.raises(ProviderServerError):
+        await _collect(provider, STREAMED_HELLO)
+
+
+async def test_a_read_timeout_mid_stream_is_a_provider_timeout(
+    provider: AnthropicProvider, upstream: Upstream
+) -> None:
+    async def stalls() -> AsyncIterator[bytes]:
+        yield _sse(STREAM_EVENTS[:4])
+        raise httpx.ReadTimeout("no more bytes")
+
+    upstream.handler = lambda _: httpx.Response(200, content=stalls())
+    relayed: list[Any] = []
+    with pytest.raises(ProviderTimeout):
+        await _drain(provider.chat_stream(DEPLOYMENT, STREAMED_HELLO), relayed)
+    assert len(relayed) == 2
+
+
+async def test_an_unsupported_stream_request_is_refused_before_any_call(
+    provider: AnthropicProvider, upstream: Upstream
+) -> None:
+    with pytest.raises(ProviderBadRequest) as info:
+        await _collect(provider, {**STREAMED_HELLO, "n": 2})
+    assert info.value.upstream_code == "unsupported_parameter"
+    assert upstream.requests == []

@@ -9,6 +9,8 @@ import pytest
 
 from schemas import codec
 from schemas.records import BatchState, BatchStatus, Result
+from schemas.settings import KafkaSettings
+from tests.integration.kafka_io import envelope
 from workers.batches.assembler import (
     Assembly,
     build_files,
@@ -27,6 +29,7 @@ from workers.batches.state import (
     transition,
     validate_metadata,
 )
+from workers.router.cancelled import CancelledBatches
 
 BATCH_ID = "batch_" + "ab" * 16
 NOW = 1_700_000_000_000
@@ -203,3 +206,29 @@ def test_all_done_needs_the_whole_file_expanded() -> None:
     assert not all_done(state)
     state["expanded"] = True
     assert all_done(state)
+
+
+def test_a_line_a_router_skipped_as_cancelled_is_written_like_a_cancelled_line() -> None:
+    assembly = Assembly(batch())
+    skipped = result(1, "failed", 409)
+    skipped["error_type"] = "BatchCancelled"  # workers/router/cancelled.py
+    assert assembly.add_result(1, "a", skipped)
+    assert not assembly.add_result(1, "a", skipped)  # still one line per request
+    assembly.add_error(2, "b", "batch_cancelled", "cancelled", invalid=False)
+    _, errors, _, n_err = build_files([assembly.take()[0].payload()])
+    assert n_err == 2
+    lines = [orjson.loads(x) for x in errors.splitlines()]
+    assert [(e["custom_id"], e["error"]["code"], e["response"]) for e in lines] == [
+        ("a", "batch_cancelled", None),
+        ("b", "batch_cancelled", None),
+    ]
+
+
+def test_routers_skip_only_lines_of_batches_cancelled() -> None:
+    cancelled = CancelledBatches(KafkaSettings(bootstrap="unused:0"))
+    cancelled.ids.add(BATCH_ID)
+    line = envelope(mode="batch", metadata={"tollway.batch_id": BATCH_ID})
+    assert cancelled.skips(line)
+    assert not cancelled.skips(envelope(mode="batch", metadata={"tollway.batch_id": "batch_x"}))
+    assert not cancelled.skips(envelope(mode="async", metadata={"tollway.batch_id": BATCH_ID}))
+    assert cancelled.error().code == "batch_cancelled"

@@ -241,7 +241,9 @@ REFERENCE: Final = {
 
 def test_build_keeps_supported_chat_models_and_adds_the_mock_price() -> None:
     built = build_catalogue.build(REFERENCE)
-    assert sorted(built["models"]) == ["gemini/g", "gpt-x", "mock-*"]
+    assert sorted(built["models"]) == ["embed", "gemini/g", "gpt-x", "mock-*"]
+    # An embedding model has no output tokens: a missing output price is "0".
+    assert built["models"]["embed"] == {"provider": "openai", "input": "0.1", "output": "0"}
     assert built["models"]["gpt-x"] == {
         "provider": "openai",
         "input": "1",

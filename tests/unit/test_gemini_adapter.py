@@ -23,6 +23,7 @@ from schemas.errors import (
     ProviderServerError,
 )
 from schemas.routes import Deployment
+from workers.providers.base import StreamPiece
 from workers.providers.gemini import (
     THOUGHT_SIGNATURE_SEPARATOR,
     GeminiProvider,
@@ -656,3 +657,149 @@ async def test_unusable_200_is_a_server_error(
     with pytest.raises(ProviderServerError) as info:
         await provider.chat(DEPLOYMENT, HELLO)
     assert info.value.retriable
+
+
+# --- streaming (chat_stream) ------------------------------------------------------------
+
+
+def _sse(events: list[dict[str, Any]]) -> bytes:
+    """Events framed as streamGenerateContent?alt=sse sends them: `data:` lines only."""
+    return b"".join(b"data: " + orjson.dumps(e) + b"\r\n\r\n" for e in events)
+
+
+async def _in_pieces(body: bytes, size: int = 7) -> AsyncIterator[bytes]:
+    """The body in small network chunks that split lines and events anywhere."""
+    for start in range(0, len(body), size):
+        yield body[start : start + size]
+
+
+async def _drain(stream: AsyncIterator[StreamPiece], into: list[Any]) -> None:
+    """Collect chunks into `into` until the stream ends or raises."""
+    async for piece in stream:
+        # One by one: a comprehension would lose the pieces relayed before an error.
+        into.append(orjson.loads(piece.data))  # noqa: PERF401
+
+
+def _stream_event(text: str, finish_reason: str | None = None, **fields: Any) -> dict[str, Any]:
+    candidate: dict[str, Any] = {"content": {"parts": [{"text": text}], "role": "model"}}
+    if finish_reason is not None:
+        candidate["finishReason"] = finish_reason
+    return {
+        "candidates": [candidate],
+        "modelVersion": "gemini-2.5-flash",
+        "responseId": "resp_stream",
+        **fields,
+    }
+
+
+STREAM_EVENTS: Final = [
+    _stream_event("Hel", usageMetadata={"promptTokenCount": 8, "totalTokenCount": 8}),
+    _stream_event(
+        "lo",
+        "STOP",
+        usageMetadata={"promptTokenCount": 8, "candidatesTokenCount": 2, "totalTokenCount": 10},
+    ),
+]
+STREAMED_HELLO: Final[dict[str, Any]] = {
+    **HELLO,
+    "stream": True,
+    "stream_options": {"include_usage": True},
+}
+
+
+async def test_stream_request_and_chunks(provider: GeminiProvider, upstream: Upstream) -> None:
+    upstream.handler = lambda _: httpx.Response(200, content=_in_pieces(_sse(STREAM_EVENTS)))
+    chunks: list[Any] = []
+    await _drain(provider.chat_stream(DEPLOYMENT, STREAMED_HELLO), chunks)
+    (request,) = upstream.requests
+    assert str(request.url) == (
+        "https://generativelanguage.test/v1beta/models/gemini-2.5-flash:streamGenerateContent"
+        "?alt=sse"
+    )
+    assert request.headers["x-goog-api-key"] == "AIza-test"
+    assert upstream.sent() == to_generate_content_request(HELLO)
+    assert [c["choices"][0]["delta"] for c in chunks[:-1]] == [
+        {"role": "assistant", "content": ""},
+        {"content": "Hel"},
+        {"content": "lo"},
+        {},
+    ]
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+    assert {(c["id"], c["model"], c["created"]) for c in chunks} == {
+        ("resp_stream", "gemini-2.5-flash", NOW_S)
+    }
+    assert chunks[-1]["usage"]["total_tokens"] == 10
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "cls", "code"),
+    [
+        (429, _status(429, "RESOURCE_EXHAUSTED"), ProviderRateLimited, "RESOURCE_EXHAUSTED"),
+        (503, _status(503, "UNAVAILABLE"), ProviderServerError, "UNAVAILABLE"),
+        (
+            400,
+            _status(
+                400,
+                "INVALID_ARGUMENT",
+                "The input token count (1196265) exceeds the maximum number of tokens "
+                "allowed (1048575).",
+            ),
+            ProviderBadRequest,
+            "context_length_exceeded",
+        ),
+        (400, API_KEY_INVALID, ProviderError, "API_KEY_INVALID"),
+    ],
+)
+async def test_stream_errors_before_the_first_byte_allow_fallback(
+    provider: GeminiProvider,
+    upstream: Upstream,
+    status: int,
+    body: bytes,
+    cls: type[ProviderError],
+    code: str | None,
+) -> None:
+    upstream.handler = lambda _: httpx.Response(status, content=body)
+    with pytest.raises(ProviderError) as info:
+        await anext(provider.chat_stream(DEPLOYMENT, STREAMED_HELLO))
+    assert type(info.value) is cls
+    assert (info.value.upstream_status, info.value.upstream_code) == (status, code)
+
+
+async def test_a_blocked_prompt_stream_is_a_content_filter_bad_request(
+    provider: GeminiProvider, upstream: Upstream
+) -> None:
+    blocked = {"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"}, "responseId": "r"}
+    upstream.handler = lambda _: httpx.Response(200, content=_in_pieces(_sse([blocked])))
+    with pytest.raises(ProviderBadRequest) as info:
+        await anext(provider.chat_stream(DEPLOYMENT, STREAMED_HELLO))
+    assert info.value.upstream_code == "content_filter"
+
+
+async def test_an_error_event_mid_stream_raises_after_the_relayed_pieces(
+    provider: GeminiProvider, upstream: Upstream
+) -> None:
+    error = {"error": {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}}
+    upstream.handler = lambda _: httpx.Response(
+        200, content=_in_pieces(_sse([STREAM_EVENTS[0], error]))
+    )
+    relayed: list[Any] = []
+    with pytest.raises(ProviderServerError) as info:
+        await _drain(provider.chat_stream(DEPLOYMENT, STREAMED_HELLO), relayed)
+    assert [c["choices"][0]["delta"] for c in relayed] == [
+        {"role": "assistant", "content": ""},
+        {"content": "Hel"},
+    ]
+    assert (info.value.upstream_status, info.value.upstream_code) == (503, "UNAVAILABLE")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [_sse(STREAM_EVENTS[:1]), b"data: {oops\n\n", b""],
+    ids=["no-finish-reason", "not-json", "empty"],
+)
+async def test_unusable_streams_are_server_errors(
+    provider: GeminiProvider, upstream: Upstream, body: bytes
+) -> None:
+    upstream.handler = lambda _: httpx.Response(200, content=_in_pieces(body))
+    with pytest.raises(ProviderServerError):
+        await _drain(provider.chat_stream(DEPLOYMENT, STREAMED_HELLO), [])

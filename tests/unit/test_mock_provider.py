@@ -292,14 +292,14 @@ def _outcome(model: str, fields: dict[str, object]) -> behaviour.Outcome:
     return decide(fields, model, SETTINGS, 0)
 
 
-def test_anthropic_reader_needs_max_tokens_and_refuses_streaming() -> None:
+def test_anthropic_reader_needs_max_tokens_and_reads_stream() -> None:
     hello = {"model": "mock", "messages": [{"role": "user", "content": "hi"}]}
     missing = anthropic_wire.read_request(hello)
     assert isinstance(missing, Failure)
     assert (missing.status, missing.param) == (400, "max_tokens")
     streamed = anthropic_wire.read_request({**hello, "max_tokens": 5, "stream": True})
-    assert isinstance(streamed, Failure)
-    assert streamed.param == "stream"
+    assert isinstance(streamed, dict)
+    assert streamed["stream"] is True  # stream events: tests/unit/test_mock_stream_wire.py
 
 
 def test_anthropic_reader_counts_the_system_prompt() -> None:

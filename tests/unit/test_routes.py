@@ -68,7 +68,14 @@ def test_public_names_leave_out_patterns_and_are_sorted() -> None:
 
 def test_default_routes_without_a_key_send_everything_to_the_mock() -> None:
     routes = default_routes({})
-    assert routes.public_names() == ["gpt-4.1", "gpt-4.1-mini", "gpt-4o", "gpt-4o-mini"]
+    assert routes.public_names() == [
+        "gpt-4.1",
+        "gpt-4.1-mini",
+        "gpt-4o",
+        "gpt-4o-mini",
+        "text-embedding-3-large",
+        "text-embedding-3-small",
+    ]
     for name in [*routes.public_names(), "mock-anything"]:
         (deployment,) = routes.resolve(name).deployments
         assert deployment.name == "mock"
@@ -133,9 +140,10 @@ def test_load_routes_from_yaml(tmp_path: Path) -> None:
     assert (backup.name, backup.provider, backup.model, backup.timeout_s) == (
         "backup",
         "openai",
-        None,
+        "gpt",  # no `model`: upstream is called with the name it is listed under
         600.0,
     )
+    assert routes.resolve("mock-1").deployments[0].model is None  # a pattern: the requested name
     assert routes.resolve("mock-1").deployments[0].name == "mock"
     assert routes.public_names() == ["gpt"]
 

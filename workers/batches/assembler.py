@@ -28,6 +28,9 @@ from workers.batches.state import bumped, mark_done
 Kind = Literal["o", "e"]
 REQUEST_ID_PREFIX: Final = "breq_"
 META_BATCH_ID: Final = "tollway.batch_id"
+CANCELLED_ERROR_TYPE: Final = "BatchCancelled"
+"""`error_type` of the Result a router gives a line of a cancelled batch without running
+it (workers/router/cancelled.py): written like the lines the worker cancels itself."""
 META_CUSTOM_ID: Final = "tollway.custom_id"
 META_LINE: Final = "tollway.batch_line"
 
@@ -125,6 +128,9 @@ class Assembly:
         return len(self._flush.lines)
 
     def add_result(self, line: int, custom_id: str, result: Result) -> bool:
+        if result["error_type"] == CANCELLED_ERROR_TYPE:  # skipped by a router: never ran
+            message = "The batch was cancelled before this request ran."
+            return self.add_error(line, custom_id, "batch_cancelled", message, invalid=False)
         if not mark_done(self.bitmap, line):
             return False
         kind, data = result_line(line, custom_id, result)

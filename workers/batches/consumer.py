@@ -8,6 +8,9 @@
     out: tollway.requests.batch (expanded lines, mode "batch")
     out: tollway.batch-state    (checkpoints: status, counts, done bitmap, spool segments,
                                 results offsets)
+    in:  tollway.budget-state  (only with budgets: every partition, no group; a team with
+                                a hard budget has its expansion paced and paused,
+                                workers/batches/budget.py)
     files: input (read), spool segments, output and error files (file store)
 
 Guarantee: every line ends in exactly one output or error line. A checkpoint is
@@ -51,13 +54,19 @@ from workers.batches.assembler import (
     parse_request_id,
     segment_key,
 )
-from workers.batches.expander import InputRefused, Progress, count_requests, expand
+from workers.batches.budget import (
+    BatchBudgets,
+    build_batch_budgets,
+    lookahead_full,
+)
+from workers.batches.expander import Gate, InputRefused, Progress, count_requests, expand
 from workers.batches.filestore import FileStore, LocalFileStore
 from workers.batches.jsonl import MAX_REQUESTS, LineParser, LineTooLong, is_blank, split_lines
 from workers.batches.kafka import BatchPublisher, decode_state_record, new_producer
 from workers.batches.settings import BatchesSettings
 from workers.batches.state import (
     CANCELLABLE,
+    PAUSED_REASON_KEY,
     all_done,
     fail,
     is_done,
@@ -124,10 +133,12 @@ class BatchWorker:
         *,
         clock_ms: Callable[[], int] = wall_ms,
         client_id: str = "tollway-batches",
+        budgets: BatchBudgets | None = None,
     ) -> None:
         self.kafka = kafka
         self.settings = settings
         self.store = store
+        self.budgets = budgets
         self.known_model = known_model(routes)
         self.clock_ms = clock_ms
         self.owned: dict[str, Owned] = {}
@@ -421,9 +432,59 @@ class BatchWorker:
             await self._checkpoint(owned, _to("in_progress", now))
         return True
 
+    def _gate(self, owned: Owned) -> Gate | None:
+        """Budget pacing of the expansion (workers/batches/budget.py); None without budgets."""
+        budgets = self.budgets
+        if budgets is None:
+            return None
+        team_id = owned.state["team_id"]
+
+        async def gate(enqueued: int, model: str | None) -> bool:
+            while not owned.cancel_requested:
+                if not budgets.paced(team_id, model):
+                    break
+                reason = budgets.pause_reason(team_id, model, self.clock_ms())
+                if reason is None:
+                    state = owned.state
+                    finished = state["completed"] + state["failed"] + owned.assembly.pending
+                    if not lookahead_full(enqueued, finished, self.settings.budget_lookahead_lines):
+                        break
+                await self._set_paused(owned, reason)
+                await asyncio.sleep(self.settings.budget_poll_s)
+            if owned.cancel_requested:
+                return False
+            await self._set_paused(owned, None)
+            return True
+
+        return gate
+
+    async def _set_paused(self, owned: Owned, reason: str | None) -> None:
+        """Record (or clear) why the expansion waits, in the state's reserved metadata."""
+        if owned.state["metadata"].get(PAUSED_REASON_KEY) == reason:
+            return
+
+        def change(state: BatchState) -> BatchState:
+            metadata = dict(state["metadata"])
+            if reason is None:
+                metadata.pop(PAUSED_REASON_KEY, None)
+            else:
+                metadata[PAUSED_REASON_KEY] = reason
+            state["metadata"] = metadata
+            return state
+
+        log.info("batch %s: %s", owned.state["batch_id"], reason or "expansion resumed")
+        async with owned.lock:
+            await self._checkpoint(owned, change)
+
     async def _expand(self, owned: Owned) -> bool:
         parser = LineParser(owned.state["endpoint"], self.known_model)
         chunks = self.store.chunks(batch_files.content_key(owned.state["input_file_id"]))
+        gate = self._gate(owned)
+        checkpoint_lines = self.settings.expand_checkpoint_lines
+        if gate is not None:  # groups no larger than half the lookahead: pacing needs steps
+            checkpoint_lines = min(
+                checkpoint_lines, max(1, self.settings.budget_lookahead_lines // 2)
+            )
 
         async def checkpoint(progress: Progress) -> None:
             def change(state: BatchState) -> BatchState:
@@ -447,7 +508,8 @@ class BatchWorker:
                 checkpoint=checkpoint,
                 cancelled=lambda: owned.cancel_requested,
                 now_ms=self.clock_ms,
-                checkpoint_lines=self.settings.expand_checkpoint_lines,
+                checkpoint_lines=checkpoint_lines,
+                gate=gate,
             )
         except InputRefused as refused:
             async with owned.lock:
@@ -594,11 +656,19 @@ def _custom_id(raw: bytes | LineTooLong) -> str | None:
 
 async def serve(kafka: KafkaSettings, settings: BatchesSettings) -> None:
     """Run one batch worker until SIGTERM/SIGINT."""
+    routes = load_routes(settings.routes_file)
+    budgets = build_batch_budgets(kafka, routes)  # None: no budgets, no pacing
     worker = BatchWorker(
-        kafka, settings, LocalFileStore(settings.store_dir), load_routes(settings.routes_file)
+        kafka, settings, LocalFileStore(settings.store_dir), routes, budgets=budgets
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)
     log.info("batch worker starting against %s (store %s)", kafka.bootstrap, settings.store_dir)
-    await worker.run()
+    if budgets is not None:
+        await budgets.view.start()
+    try:
+        await worker.run()
+    finally:
+        if budgets is not None:
+            await budgets.view.stop()

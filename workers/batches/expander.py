@@ -31,6 +31,7 @@ from workers.batches.jsonl import (
     BatchLine,
     LineError,
     LineParser,
+    LineTooLong,
     is_blank,
     split_lines,
 )
@@ -60,6 +61,9 @@ class Progress:
 
 Publish = Callable[[list[RequestEnvelope]], Coroutine[Any, Any, None]]
 Checkpoint = Callable[[Progress], Awaitable[None]]
+Gate = Callable[[int, str | None], Awaitable[bool]]
+"""Awaited before each group is published with (request lines enqueued so far, the
+batch's model); may wait (budget pacing, workers/batches/budget.py); False stops."""
 
 
 def count_requests(chunks: Iterator[bytes]) -> int:
@@ -67,6 +71,20 @@ def count_requests(chunks: Iterator[bytes]) -> int:
     return sum(
         1 for _, raw in split_lines(chunks) if not (isinstance(raw, bytes) and is_blank(raw))
     )
+
+
+def _request_lines(chunks: Iterator[bytes]) -> Iterator[tuple[int, bytes | LineTooLong]]:
+    """The non-blank lines; `InputRefused` past `MAX_REQUESTS` of them."""
+    count = 0
+    for line_no, raw in split_lines(chunks):
+        if isinstance(raw, bytes) and is_blank(raw):
+            continue
+        count += 1
+        if count > MAX_REQUESTS:
+            raise InputRefused(
+                "too_many_requests", f"The input file has more than {MAX_REQUESTS} requests."
+            )
+        yield line_no, raw
 
 
 def envelope_for(state: BatchState, parsed: BatchLine, now_ms: int) -> RequestEnvelope:
@@ -101,12 +119,15 @@ async def expand(
     cancelled: Callable[[], bool],
     now_ms: Callable[[], int],
     checkpoint_lines: int = CHECKPOINT_LINES,
+    gate: Gate | None = None,
 ) -> bool:
-    """Publish every valid line after the resume point; False if stopped by `cancelled`.
+    """Publish every valid line after the resume point; False if stopped by `cancelled`
+    or by `gate`.
 
     Publishing overlaps parsing: one group of lines is in flight to Kafka while the
     next is parsed, and a checkpoint names a line only once every line up to it
-    was acknowledged.
+    was acknowledged. With a `gate`, the previous group is settled before the gate is
+    asked, so a paused batch has checkpointed everything it enqueued.
     """
     resume_after = state["enqueued"]
     total = 0
@@ -124,15 +145,22 @@ async def expand(
             await task
             await checkpoint(progress)
 
+    async def send(progress: Progress) -> bool:
+        """Publish `pending` (after the gate), settle the group before it."""
+        nonlocal in_flight, pending, since_checkpoint
+        if gate is not None:
+            await settle()
+            if not await gate(total - since_checkpoint, model):
+                return False
+        task = asyncio.create_task(publish(pending))
+        await settle()
+        in_flight = (task, progress)
+        pending, since_checkpoint = [], 0
+        return True
+
     try:
-        for line_no, raw in split_lines(chunks):
-            if isinstance(raw, bytes) and is_blank(raw):
-                continue
+        for line_no, raw in _request_lines(chunks):
             total += 1
-            if total > MAX_REQUESTS:
-                raise InputRefused(
-                    "too_many_requests", f"The input file has more than {MAX_REQUESTS} requests."
-                )
             parsed = parser.parse(line_no, raw)
             if line_no <= resume_after:
                 continue
@@ -146,16 +174,13 @@ async def expand(
                 pending.append(envelope_for(state, parsed, now_ms()))
             since_checkpoint += 1
             if since_checkpoint >= checkpoint_lines:
-                task = asyncio.create_task(publish(pending))
-                await settle()
-                in_flight = (task, Progress(line_no, total, model, expanded=False))
-                pending, since_checkpoint = [], 0
+                if not await send(Progress(line_no, total, model, expanded=False)):
+                    return False
                 if cancelled():
                     await settle()
                     return False
-        final = asyncio.create_task(publish(pending))
-        await settle()
-        in_flight = (final, Progress(last_line, total, model, expanded=True))
+        if not await send(Progress(last_line, total, model, expanded=True)):
+            return False
         await settle()
     finally:
         if in_flight is not None:

@@ -38,5 +38,17 @@ class BatchesSettings(BaseSettings):
         description="How long a cancelling batch waits for requests already enqueued "
         "before it is finalised as cancelled.",
     )
+    budget_lookahead_lines: int = Field(
+        default=1_000,
+        ge=1,
+        description="For a team with a hard budget: request lines enqueued ahead of the "
+        "lines that have an outcome, at most (about); the rest waits in the file, so a "
+        "budget that runs out pauses the batch instead of failing its queued lines.",
+    )
+    budget_poll_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often a paced or paused expansion looks at the budget view again.",
+    )
     session_timeout_ms: int = Field(default=10_000, ge=3_000)
     routes_file: Path | None = Field(default=None, validation_alias="TOLLWAY_ROUTES_FILE")

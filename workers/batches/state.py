@@ -43,6 +43,11 @@ COMPLETION_WINDOWS_S: Final = {"24h": 24 * 3600}
 MAX_METADATA_KEYS: Final = 16
 MAX_METADATA_KEY_CHARS: Final = 64
 MAX_METADATA_VALUE_CHARS: Final = 512
+RESERVED_PREFIX: Final = "tollway."
+"""Metadata keys Tollway writes itself (e.g. `tollway.paused_reason`); refused from clients
+and shown in the Batch object's `tollway` extras, not in its `metadata`."""
+PAUSED_REASON_KEY: Final = f"{RESERVED_PREFIX}paused_reason"
+"""Why the expansion waits (workers/batches/budget.py); absent while it runs."""
 
 
 class InvalidMetadata(ValueError):
@@ -202,7 +207,10 @@ def to_openai(state: BatchState) -> dict[str, Any]:
         "cancelling_at": _s(state["cancelling_at_ms"]),
         "cancelled_at": _s(state["cancelled_at_ms"]),
         "request_counts": request_counts(state),
-        "metadata": state["metadata"] or None,
+        "metadata": {
+            k: v for k, v in state["metadata"].items() if not k.startswith(RESERVED_PREFIX)
+        }
+        or None,
         "model": state["model"],
         "usage": {
             "input_tokens": state["prompt_tokens"],
@@ -211,7 +219,11 @@ def to_openai(state: BatchState) -> dict[str, Any]:
             "output_tokens_details": {"reasoning_tokens": state["reasoning_tokens"]},
             "total_tokens": state["prompt_tokens"] + state["completion_tokens"],
         },
-        "tollway": {"enqueued": state["enqueued"], "invalid": state["invalid"]},
+        "tollway": {
+            "enqueued": state["enqueued"],
+            "invalid": state["invalid"],
+            "paused_reason": state["metadata"].get(PAUSED_REASON_KEY),
+        },
     }
 
 
@@ -226,6 +238,8 @@ def validate_metadata(metadata: object) -> dict[str, str]:
     for key, value in metadata.items():
         if not isinstance(key, str) or not 0 < len(key) <= MAX_METADATA_KEY_CHARS:
             raise InvalidMetadata(f"metadata keys must be 1 to {MAX_METADATA_KEY_CHARS} characters")
+        if key.startswith(RESERVED_PREFIX):
+            raise InvalidMetadata(f"metadata keys starting with {RESERVED_PREFIX!r} are reserved")
         if not isinstance(value, str) or len(value) > MAX_METADATA_VALUE_CHARS:
             raise InvalidMetadata(
                 f"metadata values must be strings of at most {MAX_METADATA_VALUE_CHARS} characters"

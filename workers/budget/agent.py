@@ -32,11 +32,11 @@ Run: `python -m workers.budget.agent` or `run_budget_processor()` (settings:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
 from collections.abc import Sequence
+from functools import partial
 from types import MappingProxyType
 from typing import Any
 
@@ -65,16 +65,14 @@ from workers.budget.states import Scope
 from workers.faust_app import (
     ChangelogTable,
     Outgoing,
-    abandon,
+    batch_agent,
     changelog_topic,
-    create_app,
+    create_processor_app,
     dead_letter,
     fatal,
     internal_topic,
-    leader_topic,
-    prepare_topics,
     raw_topic,
-    run_worker,
+    run_processor,
     send_all,
 )
 
@@ -374,42 +372,26 @@ def build_budget_app(
     kafka: KafkaSettings, settings: BudgetSettings, config: BudgetsConfig
 ) -> faust.App:
     """The budget processor's faust app: the usage agent, the global agent, two timers."""
-    app = create_app(
-        settings.app_id,
-        bootstrap=kafka.bootstrap,
-        data_dir=settings.data_dir,
-        web_port=settings.web_port,
-        session_timeout_s=settings.session_timeout_s,
-        commit_interval_s=settings.commit_interval_s,
-        replication_factor=settings.replication_factor,
-        start_from=settings.start_from,
-    )
+    app = create_processor_app(kafka.bootstrap, settings)
     processor = BudgetProcessor(app, config, settings)
-
-    async def budget_usage(stream: Any) -> None:
-        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
-            started = time.perf_counter()
-            try:
-                await processor.process_usage(events)
-            except asyncio.CancelledError:
-                abandon("budgeting a batch")
-            except Exception as exc:  # noqa: BLE001  # any bug: stop without acking the batch
-                fatal("budgeting a batch failed", exc)
-            took_s = time.perf_counter() - started
-            if took_s > SLOW_S:
-                log.warning("slow batch: %d usage records took %.2fs", len(events), took_s)
-
-    async def budget_global(stream: Any) -> None:
-        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
-            try:
-                await processor.process_global(events)
-            except asyncio.CancelledError:
-                abandon("aggregating global spend")
-            except Exception as exc:  # noqa: BLE001  # as above
-                fatal("aggregating global spend failed", exc)
-
-    app.agent(raw_topic(app, topics.USAGE), name="budget-usage")(budget_usage)
-    app.agent(processor.global_topic, name="budget-global")(budget_global)
+    batch_agent(
+        app,
+        raw_topic(app, topics.USAGE),
+        name="budget-usage",
+        settings=settings,
+        handle=processor.process_usage,
+        what="budgeting a batch",
+        slow_log=log,
+        slow_s=SLOW_S,
+    )
+    batch_agent(
+        app,
+        processor.global_topic,
+        name="budget-global",
+        settings=settings,
+        handle=processor.process_global,
+        what="aggregating global spend",
+    )
 
     async def tick() -> None:
         started = time.perf_counter()
@@ -436,17 +418,16 @@ def run_budget_processor(
     kafka = kafka or KafkaSettings()
     settings = settings or BudgetSettings()
     config = load_budgets(settings.budgets_file)
-    prepare_topics(
+    run_processor(
         kafka.bootstrap,
-        (
-            leader_topic(settings.app_id),
+        settings,
+        partial(build_budget_app, kafka, settings, config),
+        own_topics=(
             global_chunks_topic(settings),
             changelog_topic(settings.app_id, "budget", topics.USAGE.partitions),
             changelog_topic(settings.app_id, "global", 1),
         ),
-        replication_factor=settings.replication_factor,
     )
-    run_worker(build_budget_app(kafka, settings, config), loglevel=settings.log_level)
 
 
 if __name__ == "__main__":

@@ -22,10 +22,10 @@ Run: `python -m workers.cost.agent` or `run_cost_processor()` (settings:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import faust
@@ -39,14 +39,11 @@ from workers.cost.settings import CostSettings
 from workers.cost.usage import price_attempt
 from workers.faust_app import (
     Outgoing,
-    abandon,
-    create_app,
+    batch_agent,
+    create_processor_app,
     dead_letter,
-    fatal,
-    leader_topic,
-    prepare_topics,
     raw_topic,
-    run_worker,
+    run_processor,
     send_all,
 )
 
@@ -124,28 +121,16 @@ class CostProcessor:
 
 def build_cost_app(kafka: KafkaSettings, settings: CostSettings, catalogue: Catalogue) -> faust.App:
     """The cost processor's faust app: one agent over tollway.attempts."""
-    app = create_app(
-        settings.app_id,
-        bootstrap=kafka.bootstrap,
-        data_dir=settings.data_dir,
-        web_port=settings.web_port,
-        session_timeout_s=settings.session_timeout_s,
-        commit_interval_s=settings.commit_interval_s,
-        replication_factor=settings.replication_factor,
-        start_from=settings.start_from,
-    )
+    app = create_processor_app(kafka.bootstrap, settings)
     processor = CostProcessor(app, catalogue)
-
-    async def price_attempts(stream: Any) -> None:
-        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
-            try:
-                await processor.process(events)
-            except asyncio.CancelledError:
-                abandon("pricing a batch")
-            except Exception as exc:  # noqa: BLE001  # any bug: stop without acking the batch
-                fatal("pricing a batch failed", exc)
-
-    app.agent(raw_topic(app, topics.ATTEMPTS), name="price-attempts")(price_attempts)
+    batch_agent(
+        app,
+        raw_topic(app, topics.ATTEMPTS),
+        name="price-attempts",
+        settings=settings,
+        handle=processor.process,
+        what="pricing a batch",
+    )
 
     async def report() -> None:
         log.info("cost processor: %s (catalogue %s)", processor.counts, catalogue.version)
@@ -167,12 +152,7 @@ def run_cost_processor(
     catalogue = load_catalogue(
         settings.catalogue_file, load_overrides(settings.price_overrides_file)
     )
-    prepare_topics(
-        kafka.bootstrap,
-        (leader_topic(settings.app_id),),
-        replication_factor=settings.replication_factor,
-    )
-    run_worker(build_cost_app(kafka, settings, catalogue), loglevel=settings.log_level)
+    run_processor(kafka.bootstrap, settings, partial(build_cost_app, kafka, settings, catalogue))
 
 
 if __name__ == "__main__":

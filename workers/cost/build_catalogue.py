@@ -2,8 +2,9 @@
 
     python -m workers.cost.build_catalogue [--reference PATH] [--out PATH] [--check]
 
-Keeps the chat/responses models of the providers Tollway speaks (openai,
-anthropic, gemini, azure), converts per-token float prices to per-MILLION-token
+Keeps the chat/responses and embedding models of the providers Tollway speaks
+(openai, anthropic, gemini, azure; an embedding model without an output price gets
+output "0": it has no output tokens), converts per-token float prices to per-MILLION-token
 decimal strings (exactly: via the float's shortest repr, never binary
 arithmetic), drops a reasoning price equal to the output price, and adds the
 mock provider's fixed test price for `mock-*`. The version is the reference
@@ -31,6 +32,7 @@ DEFAULT_REFERENCE: Final = REPO_ROOT.parent / "shared" / "reference" / "model-pr
 
 SUPPORTED_PROVIDERS: Final = frozenset({"openai", "anthropic", "gemini", "azure"})
 CHAT_MODES: Final = frozenset({"chat", "responses"})
+EMBEDDING_MODE: Final = "embedding"
 
 #: reference field (USD per token) -> catalogue field (USD per million tokens)
 FIELDS: Final = {
@@ -72,8 +74,11 @@ def per_million(per_token_usd: float | int | str) -> str:
 def convert(name: str, fact: Mapping[str, Any]) -> dict[str, Any] | None:
     """One reference entry as a catalogue entry, or None when Tollway does not price it."""
     provider = fact.get("litellm_provider")
-    if provider not in SUPPORTED_PROVIDERS or fact.get("mode") not in CHAT_MODES:
+    mode = fact.get("mode")
+    if provider not in SUPPORTED_PROVIDERS or (mode not in CHAT_MODES and mode != EMBEDDING_MODE):
         return None
+    if mode == EMBEDDING_MODE and "output_cost_per_token" not in fact:
+        fact = {**fact, "output_cost_per_token": 0}
     if "input_cost_per_token" not in fact or "output_cost_per_token" not in fact:
         return None
     entry: dict[str, Any] = {"provider": provider}
@@ -101,7 +106,8 @@ def build(reference: Mapping[str, Any]) -> dict[str, Any]:
     catalogue = {
         "version": f"{date}.{digest}",
         "source": "shared/reference/model-prices.json (litellm 1.110.2 catalogue, MIT), "
-        "providers openai/anthropic/gemini/azure, modes chat/responses; mock-* is Tollway's",
+        "providers openai/anthropic/gemini/azure, modes chat/responses/embedding; "
+        "mock-* is Tollway's",
         "unit": "USD per 1M tokens",
         "models": models,
     }

@@ -37,6 +37,12 @@ class CostSettings(BaseSettings):
         description="faust's data dir (tables are in memory; it holds little).",
     )
     session_timeout_s: float = Field(default=10.0, ge=6.0)
+    group_instance_id: str | None = Field(
+        default=None,
+        description="Static consumer-group membership (workers/faust_app.py): a restart with "
+        "the same id resumes at once instead of after session_timeout_s. One id per replica; "
+        "None = dynamic membership.",
+    )
     commit_interval_s: float = Field(default=1.0, gt=0)
     replication_factor: int = Field(default=1, ge=1)
     log_level: str = Field(default="INFO", validation_alias="TOLLWAY_LOG_LEVEL")

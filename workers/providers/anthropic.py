@@ -35,6 +35,11 @@ refusal -> content_filter. Usage: prompt_tokens = input + cache read + cache
 creation tokens; cached = cache read; cache_write = cache creation; reasoning =
 output_tokens_details.thinking_tokens (already inside output_tokens).
 
+Streaming (`chat_stream`): the same body with `stream: true`; each server-sent event
+is translated as it arrives by `anthropic_stream.py` (events -> chat.completion.chunk
+pieces, usage at message_stop) over the shared HTTP loop in `event_stream.py`. A
+non-2xx answer raises the errors below before any piece, so the plan can fail over.
+
 Errors (`transport.py` maps statuses): the upstream `error.type` becomes the code;
 429 keeps Retry-After; 529 overloaded is a retriable ProviderServerError. A prompt
 that does not fit the context window is a 400 `invalid_request_error` that
@@ -46,15 +51,21 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Final
 
 from schemas.errors import ProviderError, ProviderServerError
 from schemas.records import Usage
 from schemas.routes import Deployment
 from workers.providers import canonical
-from workers.providers.base import ProviderReply
+from workers.providers.anthropic_stream import (
+    FINISH_REASONS,
+    AnthropicStreamTranslator,
+    usage_from_anthropic,
+)
+from workers.providers.base import ProviderReply, StreamPiece
 from workers.providers.canonical import JsonObject, unsupported
+from workers.providers.event_stream import stream_translated
 from workers.providers.http import HttpClient
 from workers.providers.transport import (
     api_key,
@@ -62,8 +73,22 @@ from workers.providers.transport import (
     error_object,
     json_object,
     post_json,
-    token_count,
 )
+
+__all__ = [
+    "ANTHROPIC_VERSION",
+    "CONTEXT_LENGTH_EXCEEDED",
+    "DEFAULT_MAX_OUTPUT_TOKENS",
+    "FINISH_REASONS",
+    "JSON_OBJECT_INSTRUCTION",
+    "MAX_TEMPERATURE",
+    "AnthropicProvider",
+    "error_from_response",
+    "from_message",
+    "is_context_window_message",
+    "to_messages_request",
+    "usage_from_anthropic",
+]
 
 ANTHROPIC_VERSION: Final = "2023-06-01"
 DEFAULT_MAX_OUTPUT_TOKENS: Final = 4_096
@@ -78,15 +103,6 @@ CONTEXT_WINDOW_MESSAGE_PREFIXES: Final = (
     "prompt is too long",
     "input length and `max_tokens` exceed context limit",
 )
-FINISH_REASONS: Final = {
-    "end_turn": "stop",
-    "stop_sequence": "stop",
-    "pause_turn": "stop",
-    "max_tokens": "length",
-    "model_context_window_exceeded": "length",
-    "tool_use": "tool_calls",
-    "refusal": "content_filter",
-}
 _PROVIDER: Final = "Anthropic Messages"
 
 
@@ -244,24 +260,6 @@ def _add_tools(body: JsonObject, request: Mapping[str, Any]) -> None:
 # --- answer ----------------------------------------------------------------------------
 
 
-def usage_from_anthropic(usage: Any) -> Usage:
-    """Canonical usage from a Messages API `usage` (input tokens exclude cache reads and
-    writes there; canonical prompt_tokens includes both)."""
-    if not isinstance(usage, dict):
-        usage = {}
-    fresh = token_count(usage.get("input_tokens"))
-    read = token_count(usage.get("cache_read_input_tokens"))
-    written = token_count(usage.get("cache_creation_input_tokens"))
-    details = usage.get("output_tokens_details") or {}
-    return {
-        "prompt_tokens": token_count(fresh + read + written),
-        "completion_tokens": token_count(usage.get("output_tokens")),
-        "cached_tokens": read,
-        "reasoning_tokens": token_count(details.get("thinking_tokens")),
-        "cache_write_tokens": written,
-    }
-
-
 def from_message(
     message: Mapping[str, Any], created_s: int, requested_model: str
 ) -> tuple[bytes, Usage, str]:
@@ -325,19 +323,17 @@ class AnthropicProvider:
         self._environ = environ
         self._clock_s = clock_s
 
-    async def chat(self, deployment: Deployment, request: dict[str, Any]) -> ProviderReply:
-        upstream_model = deployment.model or request["model"]
-        payload = to_messages_request(request, upstream_model)
+    def _url_and_headers(self, deployment: Deployment) -> tuple[str, dict[str, str]]:
         headers = {"anthropic-version": ANTHROPIC_VERSION}
         if key := api_key(deployment, self._environ):
             headers["x-api-key"] = key
-        response = await post_json(
-            self._client,
-            deployment,
-            deployment.base_url.rstrip("/") + "/v1/messages",
-            headers=headers,
-            payload=payload,
-        )
+        return deployment.base_url.rstrip("/") + "/v1/messages", headers
+
+    async def chat(self, deployment: Deployment, request: dict[str, Any]) -> ProviderReply:
+        upstream_model = deployment.model or request["model"]
+        payload = to_messages_request(request, upstream_model)
+        url, headers = self._url_and_headers(deployment)
+        response = await post_json(self._client, deployment, url, headers=headers, payload=payload)
         if response.status_code >= 300:
             raise error_from_response(
                 deployment, response.status_code, response.headers, response.content
@@ -348,6 +344,32 @@ class AnthropicProvider:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ProviderServerError(f"{deployment.name}: answer is not a usable message") from exc
         return ProviderReply(body=body, usage=usage, served_model=model)
+
+    async def chat_stream(
+        self, deployment: Deployment, request: dict[str, Any]
+    ) -> AsyncIterator[StreamPiece]:
+        """Stream with `stream: true`, each event translated as it arrives
+        (anthropic_stream.py); errors before the first piece allow fallback."""
+        upstream_model = str(deployment.model or request["model"])
+        payload = {**to_messages_request(request, upstream_model), "stream": True}
+        url, headers = self._url_and_headers(deployment)
+        options = request.get("stream_options") or {}
+        translator = AnthropicStreamTranslator(
+            source=deployment.name,
+            requested_model=upstream_model,
+            created_s=int(self._clock_s()),
+            include_usage=bool(options.get("include_usage")),
+        )
+        async for piece in stream_translated(
+            self._client,
+            deployment,
+            url=url,
+            headers=headers,
+            payload=payload,
+            translator=translator,
+            error_from_response=error_from_response,
+        ):
+            yield piece
 
     async def aclose(self) -> None:
         """The client belongs to the caller (the registry), which closes it."""

@@ -1,9 +1,10 @@
-"""The one protocol every provider adapter implements.
+"""The protocols provider adapters implement.
 
-Adapters translate the canonical OpenAI Chat Completions request (a dict, as
-validated by the ingress) into their wire format, call the provider, and
-translate the answer back. Failures are raised as `schemas.errors.ProviderError`
-subclasses; nothing above this layer sees a vendor or transport exception.
+Adapters translate the canonical OpenAI request (a dict, as validated by the
+ingress: Chat Completions, or Embeddings for `EmbeddingProvider`) into their wire
+format, call the provider, and translate the answer back. Failures are raised as
+`schemas.errors.ProviderError` subclasses; nothing above this layer sees a vendor
+or transport exception.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from schemas.routes import Deployment
 class ProviderReply:
     """A successful provider call, already in the canonical shape.
 
-    `body` is the OpenAI chat.completion JSON as bytes, ready to hand to the
-    client; `usage` is what the provider reported (zeros when it reported none).
+    `body` is the OpenAI answer JSON as bytes (a chat.completion, or an embeddings
+    list), ready to hand to the client; `usage` is what the provider reported
+    (zeros when it reported none; an embeddings call has prompt tokens only).
     """
 
     body: bytes
@@ -60,4 +62,13 @@ class StreamingChatProvider(ChatProvider, Protocol):
         self, deployment: Deployment, request: dict[str, Any]
     ) -> AsyncIterator[StreamPiece]:
         """Stream a chat; a `ProviderError` before the first piece allows fallback."""
+        ...
+
+
+class EmbeddingProvider(Protocol):
+    """Calls one deployment with a canonical embeddings request (`EmbeddingsRequest`)."""
+
+    async def embed(self, deployment: Deployment, request: dict[str, Any]) -> ProviderReply:
+        """The OpenAI embeddings list for `request`, in the `encoding_format` it asked
+        for; raise a `ProviderError` subclass on any failure."""
         ...

@@ -45,6 +45,11 @@ RetryInfo.retryDelay; a 400 with ErrorInfo reason API_KEY_INVALID or status
 FAILED_PRECONDITION (region, billing) is this deployment's fault: ProviderError, so
 the plan fails over. Gemini names an over-long prompt only in its message:
 `is_context_window_message` reads it and gives code `context_length_exceeded`.
+
+Streaming (`chat_stream`): the same body to :streamGenerateContent?alt=sse; each
+server-sent event (a partial GenerateContentResponse) is translated as it arrives by
+`gemini_stream.py`, which also holds the part, finish-reason and usage rules this
+module applies to whole answers. Errors before the first event are raised as above.
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ import mimetypes
 import os
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Final
 
 import orjson
@@ -62,31 +67,43 @@ from schemas.errors import ProviderBadRequest, ProviderError, ProviderServerErro
 from schemas.records import Usage
 from schemas.routes import Deployment
 from workers.providers import canonical
-from workers.providers.base import ProviderReply
+from workers.providers.base import ProviderReply, StreamPiece
 from workers.providers.canonical import JsonObject, unsupported
+from workers.providers.event_stream import stream_translated
+from workers.providers.gemini_stream import (
+    FINISH_REASONS,
+    THOUGHT_SIGNATURE_SEPARATOR,
+    GeminiStreamTranslator,
+    candidate_index,
+    candidate_output,
+    finish_reason,
+    usage_from_gemini,
+)
 from workers.providers.http import HttpClient
 from workers.providers.transport import api_key, error_for_status, json_object, post_json
-from workers.providers.transport import token_count as tokens
 
-THOUGHT_SIGNATURE_SEPARATOR: Final = ".sig."
-"""Never in a base64 signature nor in the ids this adapter makes."""
+__all__ = [
+    "CONTEXT_LENGTH_EXCEEDED",
+    "FINISH_REASONS",
+    "STREAM_PARAMS",
+    "THOUGHT_SIGNATURE_SEPARATOR",
+    "GeminiProvider",
+    "error_from_response",
+    "from_generate_content",
+    "is_context_window_message",
+    "to_generate_content_request",
+    "usage_from_gemini",
+]
+
+Target = tuple[str, str, dict[str, str]]
+STREAM_PARAMS: Final = {"alt": "sse"}
+"""streamGenerateContent answers server-sent events with these (a JSON array without)."""
 CONTEXT_LENGTH_EXCEEDED: Final = "context_length_exceeded"
 CONTEXT_WINDOW_MESSAGE_MARK: Final = "exceeds the maximum number of tokens allowed"
 MISCONFIGURED_REASONS: Final = frozenset({"API_KEY_INVALID"})
 MISCONFIGURED_STATUSES: Final = frozenset({"FAILED_PRECONDITION"})
 RETRY_INFO_TYPE: Final = "type.googleapis.com/google.rpc.RetryInfo"
 ERROR_INFO_TYPE: Final = "type.googleapis.com/google.rpc.ErrorInfo"
-FINISH_REASONS: Final = {
-    "STOP": "stop",
-    "MAX_TOKENS": "length",
-    "SAFETY": "content_filter",
-    "RECITATION": "content_filter",
-    "BLOCKLIST": "content_filter",
-    "PROHIBITED_CONTENT": "content_filter",
-    "SPII": "content_filter",
-    "IMAGE_SAFETY": "content_filter",
-    "IMAGE_PROHIBITED_CONTENT": "content_filter",
-}
 _PROVIDER: Final = "Gemini generateContent"
 _ROLES: Final = {"user": "user", "assistant": "model", "tool": "user"}
 
@@ -237,21 +254,6 @@ def _add_tools(body: JsonObject, request: Mapping[str, Any]) -> None:
 # --- answer ----------------------------------------------------------------------------
 
 
-def usage_from_gemini(metadata: Any) -> Usage:
-    """Canonical usage from `usageMetadata` (thoughts are apart from candidates there)."""
-    if not isinstance(metadata, dict):
-        metadata = {}
-    thoughts = tokens(metadata.get("thoughtsTokenCount"))
-    prompt = tokens(metadata.get("promptTokenCount"))
-    return {
-        "prompt_tokens": tokens(prompt + tokens(metadata.get("toolUsePromptTokenCount"))),
-        "completion_tokens": tokens(tokens(metadata.get("candidatesTokenCount")) + thoughts),
-        "cached_tokens": tokens(metadata.get("cachedContentTokenCount")),
-        "reasoning_tokens": thoughts,
-        "cache_write_tokens": 0,  # explicit caches are created (and billed) apart
-    }
-
-
 def from_generate_content(
     answer: Mapping[str, Any], created_s: int, requested_model: str
 ) -> tuple[bytes, Usage, str]:
@@ -278,23 +280,12 @@ def from_generate_content(
 
 
 def _choice(candidate: Mapping[str, Any], position: int, response_id: str) -> JsonObject:
-    index = int(candidate.get("index") or position)
-    texts: list[str] = []
-    calls: list[JsonObject] = []
-    for part in (candidate.get("content") or {}).get("parts") or ():
-        if part.get("thought"):
-            continue
-        if isinstance(part.get("text"), str):
-            texts.append(part["text"])
-        elif isinstance(call := part.get("functionCall"), dict):
-            call_id = str(call.get("id") or f"call_{response_id}_{index}_{len(calls)}")
-            if signature := part.get("thoughtSignature"):
-                call_id = f"{call_id}{THOUGHT_SIGNATURE_SEPARATOR}{signature}"
-            calls.append(canonical.tool_call(call_id, str(call["name"]), call.get("args")))
-    finish_reason = FINISH_REASONS.get(str(candidate.get("finishReason")), "stop")
-    if calls and finish_reason == "stop":
-        finish_reason = "tool_calls"
-    return canonical.choice(index, "".join(texts) if texts else None, calls, finish_reason)
+    index = candidate_index(candidate, position)
+    texts, calls = candidate_output(candidate, index, response_id, 0)
+    # An unary answer always finishes: no (or an unspecified) reason reads as a stop.
+    reason = finish_reason(candidate.get("finishReason"), bool(calls))
+    reason = reason or ("tool_calls" if calls else "stop")
+    return canonical.choice(index, "".join(texts) if texts else None, calls, reason)
 
 
 def is_context_window_message(message: Any) -> bool:
@@ -365,16 +356,22 @@ class GeminiProvider:
         self._environ = environ
         self._clock_s = clock_s
 
-    async def chat(self, deployment: Deployment, request: dict[str, Any]) -> ProviderReply:
+    def _target(self, deployment: Deployment, request: Mapping[str, Any], method: str) -> Target:
+        """(upstream model, URL, headers) of a call to `method` of the deployment's model."""
         upstream_model = str(deployment.model or request["model"]).removeprefix("models/")
         # Quoted whole: a client-chosen model name must not reach another path or host.
-        path = f"/v1beta/models/{urllib.parse.quote(upstream_model, safe='')}:generateContent"
+        path = f"/v1beta/models/{urllib.parse.quote(upstream_model, safe='')}:{method}"
         key = api_key(deployment, self._environ)
+        headers = {"x-goog-api-key": key} if key else {}
+        return upstream_model, deployment.base_url.rstrip("/") + path, headers
+
+    async def chat(self, deployment: Deployment, request: dict[str, Any]) -> ProviderReply:
+        upstream_model, url, headers = self._target(deployment, request, "generateContent")
         response = await post_json(
             self._client,
             deployment,
-            deployment.base_url.rstrip("/") + path,
-            headers={"x-goog-api-key": key} if key else {},
+            url,
+            headers=headers,
             payload=to_generate_content_request(request),
         )
         if response.status_code >= 300:
@@ -387,6 +384,32 @@ class GeminiProvider:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ProviderServerError(f"{deployment.name}: answer is not usable") from exc
         return ProviderReply(body=body, usage=usage, served_model=model)
+
+    async def chat_stream(
+        self, deployment: Deployment, request: dict[str, Any]
+    ) -> AsyncIterator[StreamPiece]:
+        """Stream with streamGenerateContent?alt=sse, each event translated as it
+        arrives (gemini_stream.py); errors before the first piece allow fallback."""
+        payload = to_generate_content_request(request)
+        upstream_model, url, headers = self._target(deployment, request, "streamGenerateContent")
+        options = request.get("stream_options") or {}
+        translator = GeminiStreamTranslator(
+            source=deployment.name,
+            requested_model=upstream_model,
+            created_s=int(self._clock_s()),
+            include_usage=bool(options.get("include_usage")),
+        )
+        async for piece in stream_translated(
+            self._client,
+            deployment,
+            url=url,
+            headers=headers,
+            payload=payload,
+            params=STREAM_PARAMS,
+            translator=translator,
+            error_from_response=error_from_response,
+        ):
+            yield piece
 
     async def aclose(self) -> None:
         """The client belongs to the caller (the registry), which closes it."""

@@ -13,14 +13,18 @@ exceptions; `transport.map_transport_errors` turns it into a `ProviderError`.
 from __future__ import annotations
 
 import contextlib
+import io
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Final, Literal, Protocol
 
 import aiohttp
 import httpx
 
 FailureKind = Literal["connect", "timeout", "decode", "other"]
+
+LARGE_BODY_BYTES: Final = 1024 * 1024
+"""Bodies above this are streamed to the provider from a buffer (see `_post`)."""
 
 
 class TransportFailure(Exception):
@@ -111,6 +115,8 @@ class AiohttpClient:
         self._max_connections = max_connections
         self._connect_timeout_s = connect_timeout_s
         self._session: aiohttp.ClientSession | None = None
+        # one ClientTimeout per distinct total (deployments share a handful): not one per call
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -132,12 +138,18 @@ class AiohttpClient:
         timeout_s: float,
     ) -> aiohttp.client._RequestContextManager:  # aiohttp names no public type for it
         """The one request both `post` and `stream_post` make (redirects never followed)."""
+        timeout = self._timeouts.get(timeout_s)
+        if timeout is None:
+            timeout = aiohttp.ClientTimeout(total=timeout_s, connect=self._connect_timeout_s)
+            self._timeouts[timeout_s] = timeout
         return self._get_session().post(
             url,
-            data=content,
-            headers=dict(headers),
+            # aiohttp writes a large bytes body in one go (and warns); a file-like body is
+            # written in chunks, yielding to the loop. 1 MiB: aiohttp's own threshold.
+            data=io.BytesIO(content) if len(content) > LARGE_BODY_BYTES else content,
+            headers=headers,  # aiohttp copies them into its own multidict
             params=dict(params) if params else None,
-            timeout=aiohttp.ClientTimeout(total=timeout_s, connect=self._connect_timeout_s),
+            timeout=timeout,
             allow_redirects=False,
         )
 

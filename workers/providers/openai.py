@@ -8,6 +8,11 @@ every OpenAI-format endpoint; `azure.py` reuses it with its own URL and header.
 Errors are mapped at the edge by `transport.py` (the table is in its docstring);
 here only the vendor's error `code` is read. A 2xx that is not a usable chat
 completion (undecodable, not JSON, malformed usage) is a ProviderServerError.
+
+Embeddings (`embed`, `post_embeddings`): POST {base_url}/embeddings with the client's
+body (only `model` replaced); the answer's bytes go back untouched, so base64
+vectors stay base64. Usage is `prompt_tokens` (no completion); an answer without a
+`data` list is a ProviderServerError.
 """
 
 from __future__ import annotations
@@ -92,6 +97,39 @@ async def post_chat_completion(
     )
 
 
+async def post_embeddings(
+    client: HttpClient,
+    deployment: Deployment,
+    request: Mapping[str, Any],
+    *,
+    url: str,
+    headers: Mapping[str, str],
+    params: Mapping[str, str] | None = None,
+) -> ProviderReply:
+    """Send a canonical embeddings request to an OpenAI-format endpoint; check the answer."""
+    upstream_model = deployment.model or request["model"]
+    payload = dict(request, model=upstream_model)
+    response = await post_json(
+        client, deployment, url, headers=headers, payload=payload, params=params
+    )
+    if response.status_code >= 300:
+        raise error_from_response(
+            deployment, response.status_code, response.headers, response.content
+        )
+    parsed = json_object(deployment, response.content)
+    if not isinstance(parsed.get("data"), list):
+        raise ProviderServerError(f"{deployment.name}: answer is not an embeddings list")
+    try:
+        usage = usage_from_openai(parsed.get("usage"))
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ProviderServerError(f"{deployment.name}: answer has malformed usage") from exc
+    return ProviderReply(
+        body=response.content,
+        usage={**usage, "completion_tokens": 0, "reasoning_tokens": 0},
+        served_model=str(parsed.get("model") or upstream_model),
+    )
+
+
 class OpenAIProvider:
     """`ChatProvider` for the OpenAI wire format.
 
@@ -130,6 +168,11 @@ class OpenAIProvider:
 
         url, headers = self._target(deployment)
         return stream_chat_completion(self._client, deployment, request, url=url, headers=headers)
+
+    async def embed(self, deployment: Deployment, request: dict[str, Any]) -> ProviderReply:
+        url = deployment.base_url.rstrip("/") + "/embeddings"
+        _, headers = self._target(deployment)
+        return await post_embeddings(self._client, deployment, request, url=url, headers=headers)
 
     async def aclose(self) -> None:
         if self._owns_client:

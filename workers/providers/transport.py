@@ -1,7 +1,8 @@
 """The HTTP edge every provider adapter shares: one pooled client, one error mapping.
 
 Transport: `http.py` (aiohttp in production, httpx with a MockTransport in tests;
-the measurements behind that choice are in its docstring).
+the measurements behind that choice are in its docstring), or `lean_http.py` with
+TOLLWAY_PROVIDER_HTTP_CLIENT=lean.
 
 Where vendor failures become `ProviderError`s (each adapter only extracts its
 vendor's error code, then calls `error_for_status`):
@@ -22,6 +23,7 @@ vendor's error code, then calls `error_for_status`):
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
@@ -44,25 +46,41 @@ from workers.providers.http import (
     HttpxClient,
     TransportFailure,
 )
+from workers.providers.lean_http import LeanHttpClient
+from workers.providers.tokens import token_count as _token_count
 
 DEFAULT_MAX_CONNECTIONS: Final = 1_000
 CONNECT_TIMEOUT_S: Final = 10.0
 DEFAULT_TOTAL_TIMEOUT_S: Final = 600.0
 """Each call passes its deployment's `timeout_s`; this only covers calls that do not."""
 
-MAX_TOKEN_COUNT: Final = 2**63
-"""Token counts travel as Avro `long`s: anything at or above this is a broken answer."""
-
 _MISCONFIGURED_STATUSES: Final = frozenset({401, 402, 403, 404})
+
+token_count = _token_count
+"""Kept importable from here; the rule lives in the pure `tokens.py` (streams use it too)."""
+
+
+CLIENT_ENV: Final = "TOLLWAY_PROVIDER_HTTP_CLIENT"
+"""`aiohttp` (default) or `lean` (workers/providers/lean_http.py: ~0.25 ms less router
+CPU per non-streaming provider call)."""
 
 
 def build_client(
     *,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     transport: httpx.AsyncBaseTransport | None = None,
+    kind: str | None = None,
 ) -> HttpClient:
-    """One pooled client for a process: aiohttp, or httpx over `transport` in tests."""
+    """One pooled client for a process: aiohttp or the lean client (`kind`, else the
+    environment's TOLLWAY_PROVIDER_HTTP_CLIENT), or httpx over `transport` in tests."""
     if transport is None:
+        kind = kind or os.environ.get(CLIENT_ENV, "aiohttp")
+        if kind == "lean":
+            return LeanHttpClient(
+                max_connections=max_connections, connect_timeout_s=CONNECT_TIMEOUT_S
+            )
+        if kind != "aiohttp":
+            raise ValueError(f"{CLIENT_ENV} must be aiohttp or lean, not {kind!r}")
         return AiohttpClient(max_connections=max_connections, connect_timeout_s=CONNECT_TIMEOUT_S)
     return HttpxClient(
         httpx.AsyncClient(
@@ -178,14 +196,6 @@ def error_object(content: bytes) -> dict[str, Any]:
             error: dict[str, Any] = parsed["error"]
             return error
     return {}
-
-
-def token_count(value: Any) -> int:
-    """A token count; ValueError/TypeError unless it fits the Avro `long` records carry."""
-    count = int(value or 0)
-    if not 0 <= count < MAX_TOKEN_COUNT:
-        raise ValueError(f"token count {count} out of range")
-    return count
 
 
 def api_key(deployment: Deployment, environ: Mapping[str, str]) -> str | None:

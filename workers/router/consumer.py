@@ -1,6 +1,10 @@
 """Router wiring: tollway.requests.* -> provider calls -> tollway.results/attempts/replies.
 
     in:  tollway.requests.interactive, tollway.requests.batch  (group `tollway-router`)
+    in:  tollway.budget-state, no group (only with budgets: each attempt is checked and
+         holds a reservation, workers/router/budgets.py, docs/decisions/0009)
+    in:  tollway.batch-state, no group: cancel commands; lines of a cancelled batch are
+         answered `batch_cancelled` without a provider call (cancelled.py)
     out: tollway.attempts (every provider call), tollway.results (one per execution),
          tollway.replies (sync requests, to the waiting ingress's partition),
          tollway.dead-letters (records that cannot be decoded)
@@ -28,6 +32,7 @@ import signal
 import socket
 import time
 import uuid
+from collections.abc import Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
@@ -38,14 +43,21 @@ from schemas.errors import DeadLetter, TollwayError
 from schemas.records import RequestEnvelope, StreamChunk
 from schemas.routes import load_routes
 from schemas.settings import KafkaSettings
+from workers.budget.view import EnforcementSettings
 from workers.providers.registry import build_registry
+from workers.router.budgets import build_budgets
+from workers.router.cancelled import CancelledBatches
 from workers.router.execution import Execution, Executor
+from workers.router.lanes import Lanes, take
 from workers.router.offsets import OffsetTracker
 from workers.router.settings import RouterSettings
 
 log = logging.getLogger("tollway.router")
 
 _PUBLISH_BACKOFF_MAX_S = 5.0
+PRODUCER_BATCH_BYTES = 256 * 1024
+"""Largest record batch per partition (aiokafka's default is 16 KiB); below the
+broker's 1 MiB message.max.bytes."""
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
@@ -67,15 +79,23 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
 class Router:
     """One router process: a consumer-group member with its own producer."""
 
-    def __init__(self, kafka: KafkaSettings, settings: RouterSettings, executor: Executor) -> None:
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        settings: RouterSettings,
+        executor: Executor,
+        cancelled: CancelledBatches | None = None,
+    ) -> None:
         self.kafka = kafka
         self.settings = settings
         self.executor = executor
+        self.cancelled = cancelled  # lines of cancelled batches are skipped (cancelled.py)
         self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
         self._tasks: set[asyncio.Task[None]] = set()
         self._tasks_by_tp: dict[TopicPartition, set[asyncio.Task[None]]] = {}
         self._stopping = asyncio.Event()
-        self._paused = False
+        self.lanes = Lanes.of(settings.max_in_flight, settings.batch_share)
+        self._batch_tasks: set[asyncio.Task[None]] = set()
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=kafka.bootstrap,
             group_id=settings.group_id,
@@ -93,6 +113,12 @@ class Router:
             enable_idempotence=True,
             acks="all",
             linger_ms=0,  # measured: linger 2 ms adds ~2.8 ms per hop; load batches anyway
+            # A burst (hundreds of results finishing at once, e.g. budget refusals) queues
+            # behind one in-flight request per broker (idempotence): measured here, 1,000
+            # results + replies took 12 s with 16 KiB batches (past the send timeout) and
+            # 1.3 s with 256 KiB.
+            max_batch_size=PRODUCER_BATCH_BYTES,
+            max_request_size=topics.REQUEST_RECORD_MAX_BYTES,  # a dead-lettered request
             request_timeout_ms=kafka.request_timeout_ms,
         )
 
@@ -110,7 +136,7 @@ class Router:
                 room = self.settings.max_in_flight - len(self._tasks)
                 batch = await self.consumer.getmany(timeout_ms=100, max_records=max(1, room))
                 for tp, records in batch.items():
-                    for record in records:
+                    for record in self._admitted(tp, records):
                         self.tracker.start(tp, record.offset)
                         self._spawn(tp, record)
                 now = time.monotonic()
@@ -123,6 +149,19 @@ class Router:
     def stop(self) -> None:
         self._stopping.set()
 
+    def _admitted(
+        self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]
+    ) -> Sequence[ConsumerRecord[bytes, bytes]]:
+        """Every interactive record; batch records up to the batch lane's room, the rest
+        fetched again later (workers/router/lanes.py)."""
+        if tp.topic != topics.REQUESTS_BATCH.name:
+            return records
+        room = self.lanes.batch_room(len(self._tasks), len(self._batch_tasks))
+        started, left_out = take(records, room)
+        if left_out is not None:
+            self.consumer.seek(tp, left_out.offset)
+        return started
+
     def _spawn(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
         task = asyncio.create_task(self._handle(tp, record))
         per_tp = self._tasks_by_tp.setdefault(tp, set())
@@ -130,6 +169,9 @@ class Router:
         per_tp.add(task)
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(per_tp.discard)
+        if tp.topic == topics.REQUESTS_BATCH.name:
+            self._batch_tasks.add(task)
+            task.add_done_callback(self._batch_tasks.discard)
 
     async def drain_partitions(self, partitions: set[TopicPartition]) -> None:
         """Wait (bounded by `revoke_drain_timeout_s`) for the partitions' in-flight records."""
@@ -138,13 +180,19 @@ class Router:
             await asyncio.wait(pending, timeout=self.settings.revoke_drain_timeout_s)
 
     def _apply_backpressure(self) -> None:
-        full = len(self._tasks) >= self.settings.max_in_flight
-        if full and not self._paused:
-            self.consumer.pause(*self.consumer.assignment())
-            self._paused = True
-        elif not full and self._paused:
-            self.consumer.resume(*self.consumer.assignment())
-            self._paused = False
+        """Pause what may not start more calls now: every partition when all slots are
+        taken, the batch partitions when the batch lane is full (workers/router/lanes.py)."""
+        pause_all, pause_batch = self.lanes.paused(len(self._tasks), len(self._batch_tasks))
+        wanted = {
+            tp
+            for tp in self.consumer.assignment()
+            if pause_all or (pause_batch and tp.topic == topics.REQUESTS_BATCH.name)
+        }
+        paused = self.consumer.paused()
+        if wanted - paused:
+            self.consumer.pause(*(wanted - paused))
+        if paused - wanted:
+            self.consumer.resume(*(paused - wanted))
 
     async def commit(self) -> None:
         positions = self.tracker.to_commit()
@@ -167,8 +215,12 @@ class Router:
             if envelope["mode"] == "sync" and envelope["reply_partition"] is not None:
                 relay = ChunkRelay(self.producer, envelope["reply_partition"])
             try:
-                execution = await self.executor.execute(
-                    envelope, relay.emit if relay is not None else None
+                execution = (
+                    Execution(self.executor.failed_result(envelope, self.cancelled.error()))
+                    if self.cancelled is not None and self.cancelled.skips(envelope)
+                    else await self.executor.execute(
+                        envelope, relay.emit if relay is not None else None
+                    )
                 )
                 if relay is not None:
                     await relay.flush()
@@ -182,29 +234,32 @@ class Router:
         self.tracker.finish(tp, record.offset)
 
     async def _publish(self, envelope: RequestEnvelope, execution: Execution) -> None:
-        """Send attempts, result and (sync) reply together; retry until all are acked."""
+        """Send attempts, result and (sync) reply together; retry until all are acked.
+
+        A retry re-sends only the records that failed or were never queued: re-sending
+        records still in flight would add load exactly when the producer is behind.
+        """
         key = envelope["request_id"].encode()
         result_bytes = codec.encode("result", execution.result)
+        records: list[tuple[str, bytes, int | None]] = [
+            (topics.ATTEMPTS.name, codec.encode("attempt", a), None) for a in execution.attempts
+        ]
+        records.append((topics.RESULTS.name, result_bytes, None))
+        if envelope["mode"] == "sync" and envelope["reply_partition"] is not None:
+            records.append((topics.REPLIES.name, result_bytes, envelope["reply_partition"]))
+        futures: list[asyncio.Future[object] | None] = [None] * len(records)
         delay_s = 0.1
         while True:
             try:
-                futures = [
-                    await self.producer.send(
-                        topics.ATTEMPTS.name, codec.encode("attempt", a), key=key
-                    )
-                    for a in execution.attempts
-                ]
-                futures.append(await self.producer.send(topics.RESULTS.name, result_bytes, key=key))
-                if envelope["mode"] == "sync" and envelope["reply_partition"] is not None:
-                    futures.append(
-                        await self.producer.send(
-                            topics.REPLIES.name,
-                            result_bytes,
-                            key=key,
-                            partition=envelope["reply_partition"],
+                for i, (topic, value, partition) in enumerate(records):
+                    sent = futures[i]
+                    if sent is None or (
+                        sent.done() and (sent.cancelled() or sent.exception() is not None)
+                    ):
+                        futures[i] = await self.producer.send(
+                            topic, value, key=key, partition=partition
                         )
-                    )
-                await asyncio.gather(*futures)
+                await asyncio.gather(*(f for f in futures if f is not None))
             except KafkaError as exc:
                 log.warning("publish failed (%s); retrying in %.1fs", type(exc).__name__, delay_s)
                 await asyncio.sleep(delay_s)
@@ -295,14 +350,26 @@ def router_id() -> str:
 
 async def serve(kafka: KafkaSettings, settings: RouterSettings) -> None:
     """Run one router until SIGTERM/SIGINT."""
+    enforcement = EnforcementSettings()
+    budgets = build_budgets(kafka, settings, enforcement)  # None: no budgets, no cost
     executor = Executor(
         routes=load_routes(settings.routes_file),
         provider=build_registry(os.environ, max_connections=settings.max_in_flight),
         router_id=router_id(),
+        budgets=budgets,
     )
-    router = Router(kafka, settings, executor)
+    cancelled = CancelledBatches(kafka)
+    router = Router(kafka, settings, executor, cancelled)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, router.stop)
     log.info("router %s starting against %s", executor.router_id, kafka.bootstrap)
-    await router.run()
+    if budgets is not None:
+        await budgets.start(enforcement.ready_timeout_s)
+    await cancelled.start()
+    try:
+        await router.run()
+    finally:
+        await cancelled.stop()
+        if budgets is not None:
+            await budgets.stop()

@@ -20,23 +20,34 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from schemas.errors import (
     AllProvidersFailed,
+    BudgetExceeded,
     DeadlineExceeded,
     InvalidRequest,
     ProviderBadRequest,
     ProviderError,
     ProviderRateLimited,
     ProviderServerError,
+    ResponseTooLarge,
+    ServiceUnavailable,
     StreamBroken,
     TollwayError,
 )
-from schemas.records import ZERO_USAGE, Attempt, RequestEnvelope, Result, StreamChunk
-from schemas.routes import Deployment, ModelRoute, RoutesConfig
+from schemas.openai import EMBEDDINGS_ENDPOINT
+from schemas.records import (
+    RESULT_BODY_MAX_BYTES,
+    ZERO_USAGE,
+    Attempt,
+    RequestEnvelope,
+    Result,
+    StreamChunk,
+)
+from schemas.routes import EMBEDDING_PROVIDERS, Deployment, ModelRoute, RoutesConfig
 from workers.providers.base import ChatProvider, ProviderReply, StreamPiece
 from workers.providers.canonical import completion_as_chunk
 from workers.router.fallback import RetryPolicy, run_fallback
@@ -44,6 +55,9 @@ from workers.router.health import HealthBoard
 from workers.router.pacing import Pacer
 from workers.router.policy import healthy_first, order_by_strategy
 from workers.router.stream_assembly import StreamAssembler
+
+if TYPE_CHECKING:
+    from workers.router.budgets import AttemptBudgets
 
 log = logging.getLogger("tollway.router")
 
@@ -73,6 +87,11 @@ class Executor:
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     max_queue_wait_ms: int = 3_600_000
     """How long queued (async/batch) work keeps waiting out 429s before it fails."""
+    max_result_body_bytes: int = RESULT_BODY_MAX_BYTES
+    """A larger answer fails as `ResponseTooLarge`: no Kafka record could carry it."""
+    budgets: AttemptBudgets | None = None
+    """Budget check + reservation around each attempt (workers/router/budgets.py); None:
+    no budgets configured, nothing on the path."""
 
     async def _pace(self, route: Deployment, queued: bool, tokens: int) -> None:
         """Queued work waits for the deployment's quota; interactive work only spends it."""
@@ -83,10 +102,14 @@ class Executor:
                 await self.sleep(wait_ms / 1000)
         self.pacer.spend(route.name, route.rpm, route.tpm, self.clock_ms(), tokens)
 
-    def plan(self, model_route: ModelRoute) -> tuple[Deployment, ...]:
-        """The deployments of one model in the order to try: strategy, then health."""
+    def plan(self, model_route: ModelRoute, *, embeddings: bool = False) -> tuple[Deployment, ...]:
+        """The deployments of one model in the order to try: strategy, then health.
+        For `embeddings`, only the deployments whose provider has an embeddings API."""
+        deployments = model_route.deployments
+        if embeddings:
+            deployments = tuple(d for d in deployments if d.provider in EMBEDDING_PROVIDERS)
         ordered = order_by_strategy(
-            model_route.deployments,
+            deployments,
             model_route.strategy,
             weight_of=lambda d: d.weight,
             latency_ms_of=lambda d: self.health.latency_ms(d.name),
@@ -97,12 +120,18 @@ class Executor:
         return healthy_first(ordered, lambda name: self.health.available(name, now_ms))
 
     async def _run_chains(
-        self, model_route: ModelRoute, call: Callable[[Deployment], Awaitable[ProviderReply]]
+        self,
+        model_route: ModelRoute,
+        call: Callable[[Deployment], Awaitable[ProviderReply]],
+        *,
+        embeddings: bool = False,
     ) -> tuple[Deployment, ProviderReply]:
         """The model's plan; when it ends in a context-window or content-policy refusal,
         the plans of the models named for that case, in order."""
         try:
-            return await run_fallback(self.plan(model_route), call, policy=self.retry)
+            return await run_fallback(
+                self.plan(model_route, embeddings=embeddings), call, policy=self.retry
+            )
         except ProviderBadRequest as refusal:
             chain = _special_chain(model_route, refusal)
             if not chain:
@@ -111,7 +140,9 @@ class Executor:
             for model in chain:
                 try:
                     return await run_fallback(
-                        self.plan(self.routes.resolve(model)), call, policy=self.retry
+                        self.plan(self.routes.resolve(model), embeddings=embeddings),
+                        call,
+                        policy=self.retry,
                     )
                 except ProviderBadRequest as again:
                     last = again
@@ -183,7 +214,9 @@ class Executor:
             return Execution(self._failed(envelope, execution_id, late, attempts))
         try:
             request: dict[str, Any] = orjson.loads(envelope["body"])
-            model_route = self.routes.resolve(envelope["model"])
+            model_route = self.routes.resolve_for(  # the team's/key's alias, if any
+                envelope["model"], team_id=envelope["team_id"], key_id=envelope["key_id"]
+            )
         except orjson.JSONDecodeError:
             err = InvalidRequest("the request body is not valid JSON")
             return Execution(self._failed(envelope, execution_id, err, attempts))
@@ -191,7 +224,10 @@ class Executor:
             return Execution(self._failed(envelope, execution_id, exc, attempts))
 
         send: Callable[[Deployment], Awaitable[ProviderReply]]
-        if emit is not None and request.get("stream"):
+        embeddings = envelope["endpoint"] == EMBEDDINGS_ENDPOINT
+        if embeddings:
+            send = self._embed_call(request)
+        elif emit is not None and request.get("stream"):
             send = StreamRelay(self.provider, request, envelope["request_id"], execution_id, emit)
         else:
 
@@ -205,19 +241,23 @@ class Executor:
             attempts=attempts,
             send=send,
             queued=queued,
-            tokens=estimate_tokens(envelope["body"], request),
+            tokens=estimate_tokens(envelope["body"], request, embeddings=embeddings),
         )
+        if self.budgets is not None:
+            call = self.budgets.guard(envelope, request, call)
 
         give_up_ms = self.clock_ms() + self.max_queue_wait_ms
         while True:
             try:
-                route, reply = await self._run_chains(model_route, call)
+                route, reply = await self._run_chains(model_route, call, embeddings=embeddings)
+                self._check_size(reply, embeddings)  # the call is billed all the same
                 break
             except AllProvidersFailed as exc:
                 if queued and _only_rate_limited(exc) and self.clock_ms() < give_up_ms:
                     continue  # queue, don't fail: the pacer holds the next call back
                 return Execution(self._failed(envelope, execution_id, exc, attempts), attempts)
-            except ProviderError as exc:
+            except (ProviderError, BudgetExceeded, ServiceUnavailable, ResponseTooLarge) as exc:
+                # a budget refusal (429) or unknown budget state (503) ends the plan, unbilled
                 return Execution(self._failed(envelope, execution_id, exc, attempts), attempts)
         result: Result = {
             "request_id": envelope["request_id"],
@@ -240,6 +280,30 @@ class Executor:
             "metadata": envelope["metadata"],
         }
         return Execution(result, attempts)
+
+    def _check_size(self, reply: ProviderReply, embeddings: bool) -> None:
+        """Raise `ResponseTooLarge` when no Kafka record could carry the answer."""
+        if len(reply.body) > self.max_result_body_bytes:
+            raise ResponseTooLarge(
+                f"The answer took {len(reply.body)} bytes, more than this gateway carries in "
+                f"one response ({self.max_result_body_bytes}); ask for less per request.",
+                param="input" if embeddings else None,
+            )
+
+    def _embed_call(
+        self, request: dict[str, Any]
+    ) -> Callable[[Deployment], Awaitable[ProviderReply]]:
+        """The provider's `embed` for one embeddings request (`EmbeddingProvider`)."""
+        embed: Callable[[Deployment, dict[str, Any]], Awaitable[ProviderReply]] | None = getattr(
+            self.provider, "embed", None
+        )
+
+        async def send(route: Deployment) -> ProviderReply:
+            if embed is None:
+                raise ProviderError(f"{route.name}: this router's provider cannot embed")
+            return await embed(route, request)
+
+        return send
 
     def failed_result(self, envelope: RequestEnvelope, error: TollwayError) -> Result:
         """A failed result for an envelope whose execution could not even start or finish."""
@@ -397,9 +461,12 @@ def _special_chain(model_route: ModelRoute, refusal: ProviderBadRequest) -> tupl
 _DEFAULT_OUTPUT_TOKENS = 256
 
 
-def estimate_tokens(body: bytes, request: dict[str, Any]) -> int:
+def estimate_tokens(body: bytes, request: dict[str, Any], *, embeddings: bool = False) -> int:
     """A cheap upper-ish estimate for quota pacing: ~4 bytes a prompt token, plus the
-    requested output (or a default). Not used for money (that is the provider's count)."""
+    requested output (or a default; none for embeddings). Not used for money (that is
+    the provider's count)."""
+    if embeddings:
+        return len(body) // 4
     output = request.get("max_completion_tokens") or request.get("max_tokens")
     return len(body) // 4 + int(output or _DEFAULT_OUTPUT_TOKENS)
 

@@ -18,6 +18,13 @@ class RouterSettings(BaseSettings):
         description="Provider calls in flight per process; above it the poll loop pauses "
         "fetching but keeps polling, so slow calls never cost the group membership.",
     )
+    batch_share: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Share of max_in_flight that batch lines (tollway.requests.batch) may "
+        "take; the rest is always left to interactive requests (workers/router/lanes.py).",
+    )
     revoke_drain_timeout_s: float = Field(
         default=10.0,
         ge=0,
@@ -28,4 +35,17 @@ class RouterSettings(BaseSettings):
     max_poll_interval_ms: int = Field(default=300_000, ge=10_000)
     session_timeout_ms: int = Field(default=10_000, ge=3_000)
     routes_file: Path | None = Field(default=None, validation_alias="TOLLWAY_ROUTES_FILE")
+    budget_pending_hold_ms: int = Field(
+        default=5_000,
+        ge=0,
+        description="How long a settled call's cost stays counted by this router's "
+        "reservations (workers/budget/reservations.py) after the call: the time the budget "
+        "state may need to show it. Keep it above the budget lag (p99 ~0.3 s measured).",
+    )
+    budget_default_output_tokens: int = Field(
+        default=4_096,
+        ge=1,
+        description="Worst-case output tokens of a call whose request sets no max_tokens and "
+        "whose model has no max output in the price catalogue.",
+    )
     metrics_port: int | None = None

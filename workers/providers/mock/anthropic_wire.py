@@ -15,8 +15,15 @@ completion                 200 ``message``, stop_reason ``end_turn`` / ``max_tok
 ``mock-content-filter``    200 ``message`` with stop_reason ``refusal``, no content
 =========================  ===========================================================
 
-As the real API does, a request without ``max_tokens`` answers 400. Streaming is
-not served here: ``stream: true`` answers 400.
+As the real API does, a request without ``max_tokens`` answers 400.
+
+``stream: true`` (``render_stream``): a normal completion or a refusal streams as
+the Messages API's events - ``message_start`` (input tokens, cache counts 0),
+``content_block_start`` text, ``ping``, one ``content_block_delta`` ``text_delta``
+per word (a leading space on all but the first), ``content_block_stop``,
+``message_delta`` (stop_reason, cumulative output tokens), ``message_stop``; a
+refusal has no content block. Errors answer before the stream, as JSON, with the
+status of the table above. Framing (``event:`` + ``data:`` lines) is the server's.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from workers.providers.mock.behaviour import (
     estimate_prompt_tokens,
     invalid_request,
 )
+from workers.providers.mock.stream_plan import StreamPlan
 
 JsonObject = dict[str, object]
 Rendered = tuple[int, JsonObject, tuple[tuple[str, str], ...]]
@@ -51,6 +59,7 @@ ERROR_TYPES: Final = {
     529: "overloaded_error",
 }
 _STOP_REASONS: Final = {"stop": "end_turn", "length": "max_tokens"}
+_EMPTY_TEXT: Final[JsonObject] = {"type": "text", "text": ""}
 
 
 def read_request(body: Mapping[str, object]) -> dict[str, object] | Failure:
@@ -58,15 +67,16 @@ def read_request(body: Mapping[str, object]) -> dict[str, object] | Failure:
 
     The system prompt counts towards the prompt tokens, as a leading message.
     """
-    if body.get("stream") is True:
-        return invalid_request("stream: the mock serves the Messages API unstreamed", "stream")
     if "max_tokens" not in body:
         return invalid_request("max_tokens: Field required", "max_tokens")
     messages = body.get("messages")
     system = body.get("system")
     if isinstance(messages, list) and system:
         messages = [{"role": "system", "content": system}, *messages]
-    return {"messages": messages, "max_tokens": body["max_tokens"]}
+    fields: dict[str, object] = {"messages": messages, "max_tokens": body["max_tokens"]}
+    if body.get("stream") is True:
+        fields["stream"] = True
+    return fields
 
 
 def render(
@@ -99,16 +109,69 @@ def render(
     return outcome.status, error_body(outcome), outcome.headers
 
 
+def render_stream(
+    outcome: Outcome, request: Mapping[str, object], model: str, message_id: str
+) -> Rendered | StreamPlan:
+    """The events of a streamed answer (and how many go out at once first: those up to
+    the first word), or the rendered error to answer instead of a stream."""
+    if isinstance(outcome, Answer):
+        reply = outcome.reply
+        deltas: list[JsonObject] = [
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": word if n == 0 else f" {word}"},
+            }
+            for n, word in enumerate(reply.words)
+        ]
+        events: list[JsonObject] = [
+            _message_start(message_id, model, reply.prompt_tokens),
+            {"type": "content_block_start", "index": 0, "content_block": _EMPTY_TEXT},
+            {"type": "ping"},
+            *deltas,
+            {"type": "content_block_stop", "index": 0},
+            _message_delta(_STOP_REASONS[reply.finish_reason], reply.completion_tokens),
+            {"type": "message_stop"},
+        ]
+        return StreamPlan(events, 4)
+    if outcome.code != "content_filter":
+        return outcome.status, error_body(outcome), outcome.headers
+    messages = request.get("messages")
+    prompt_tokens = estimate_prompt_tokens(messages if isinstance(messages, list) else [])
+    refusal: list[JsonObject] = [
+        _message_start(message_id, model, prompt_tokens),
+        _message_delta("refusal", 0),
+        {"type": "message_stop"},
+    ]
+    return StreamPlan(refusal, len(refusal))
+
+
+def _message_start(message_id: str, model: str, input_tokens: int) -> JsonObject:
+    message = message_body(
+        message_id, model, None, stop_reason=None, input_tokens=input_tokens, output_tokens=1
+    )
+    return {"type": "message_start", "message": message}
+
+
+def _message_delta(stop_reason: str, output_tokens: int) -> JsonObject:
+    return {
+        "type": "message_delta",
+        "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+        "usage": {"output_tokens": output_tokens},
+    }
+
+
 def message_body(
     message_id: str,
     model: str,
     text: str | None,
     *,
-    stop_reason: str,
+    stop_reason: str | None,
     input_tokens: int,
     output_tokens: int,
 ) -> JsonObject:
-    """A Messages API ``message`` (no prompt cache in the mock: cache counts are 0)."""
+    """A Messages API ``message`` (no prompt cache in the mock: cache counts are 0);
+    a stream's ``message_start`` carries one with no stop_reason yet."""
     return {
         "id": message_id,
         "type": "message",

@@ -200,10 +200,8 @@ def decide(
     """
     scenario = parse_scenario(model)
     if scenario.kind is Kind.INVALID:
-        return Failure(
-            400, 0, scenario.problem, "invalid_request_error", "model", "invalid_mock_model"
-        )
-    latency_ms = _latency_ms(scenario, settings)
+        return invalid_model(scenario)
+    latency_ms = latency_ms_of(scenario, settings)
 
     messages = request.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -217,7 +215,7 @@ def decide(
             return invalid_request(f"'{field}' must be a positive integer", field, latency_ms)
         limit_tokens = value if limit_tokens is None else min(limit_tokens, value)
 
-    failure = _scripted_failure(scenario, model, settings.seed, call_index, latency_ms)
+    failure = scripted_failure(scenario, model, settings.seed, call_index, latency_ms)
     if failure is not None:
         return failure
 
@@ -286,7 +284,13 @@ def flaky_fails(seed: int, call_index: int, percent: int) -> bool:
     return draw * 100 < percent
 
 
-def _latency_ms(scenario: Scenario, settings: MockSettings) -> int:
+def invalid_model(scenario: Scenario) -> Failure:
+    """The 400 ``invalid_mock_model`` answering an unusable mock model name."""
+    return Failure(400, 0, scenario.problem, "invalid_request_error", "model", "invalid_mock_model")
+
+
+def latency_ms_of(scenario: Scenario, settings: MockSettings) -> int:
+    """How long the model's answer waits, in milliseconds."""
     if scenario.kind is Kind.SLOW:
         return scenario.value
     if scenario.kind is Kind.TIMEOUT:
@@ -294,9 +298,11 @@ def _latency_ms(scenario: Scenario, settings: MockSettings) -> int:
     return settings.latency_ms
 
 
-def _scripted_failure(
+def scripted_failure(
     scenario: Scenario, model: str, seed: int, call_index: int, latency_ms: int
 ) -> Failure | None:
+    """The failure the model name scripts for call ``call_index``, or None (answer
+    normally). Shared by every API the mock serves (chat, embeddings)."""
     kind = scenario.kind
     if kind is Kind.ERROR:
         return _status_failure(scenario.value, model, latency_ms)

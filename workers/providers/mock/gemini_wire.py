@@ -16,6 +16,12 @@ completion                 200 one candidate, finishReason ``STOP`` / ``MAX_TOKE
                            the maximum number of tokens allowed ..."
 ``mock-content-filter``    200 with ``promptFeedback.blockReason: SAFETY``, no candidates
 =========================  ===========================================================
+
+``:streamGenerateContent?alt=sse`` (``render_stream``): a completion streams as one
+GenerateContentResponse per word (a leading space on all but the first), each with
+the running ``usageMetadata``, the last with ``finishReason``; a blocked prompt is
+its one event; errors answer before the stream, as JSON. ``data:`` framing is the
+server's (Gemini sends no ``event:`` names and no end sentinel).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from workers.providers.mock.behaviour import (
     estimate_prompt_tokens,
     invalid_request,
 )
+from workers.providers.mock.stream_plan import StreamPlan
 
 JsonObject = dict[str, object]
 Rendered = tuple[int, JsonObject, tuple[tuple[str, str], ...]]
@@ -113,6 +120,34 @@ def render(
         }
         return 200, blocked, ()
     return outcome.status, error_body(outcome), ()
+
+
+def render_stream(
+    outcome: Outcome, request: Mapping[str, object], model: str, response_id: str
+) -> Rendered | StreamPlan:
+    """The events of a streamed answer (the first goes out alone), or the rendered
+    error to answer instead of a stream."""
+    if not isinstance(outcome, Answer):
+        status, body, headers = render(outcome, request, model, response_id)
+        return StreamPlan([body], 1) if status == 200 else (status, body, headers)
+    reply = outcome.reply
+    events: list[JsonObject] = []
+    for n, word in enumerate(reply.words):
+        candidate: JsonObject = {
+            "content": {"role": "model", "parts": [{"text": word if n == 0 else f" {word}"}]},
+            "index": 0,
+        }
+        if n == len(reply.words) - 1:
+            candidate["finishReason"] = _FINISH_REASONS[reply.finish_reason]
+        events.append(
+            {
+                "candidates": [candidate],
+                "usageMetadata": usage_metadata(reply.prompt_tokens, n + 1),
+                "modelVersion": model,
+                "responseId": response_id,
+            }
+        )
+    return StreamPlan(events, 1)
 
 
 def usage_metadata(prompt_tokens: int, candidates_tokens: int) -> JsonObject:
