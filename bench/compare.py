@@ -35,7 +35,7 @@ generator's thousands of client sockets once held a port above it);
 TOLLWAY_BENCH_LITELLM_VENV (.tollway/bench-litellm). Loopback only; the run stops at
 once if one of the HTTP ports is taken.
 
-    python bench/compare.py [--quick] [--systems mock,tollway,litellm]
+    python bench/compare.py [--quick] [--systems mock,tollway,litellm[,tollway-core]]
         [--scenarios sync,stream,cost-lag,batch,async,budget-lag] [--batch-n 50000]
 """
 
@@ -121,6 +121,8 @@ class Plan:
     batch_n: int
     cost_lag_s: float
     settle_s: float
+    profile: bool
+    profile_s: float
     mock_latency_ms: int
     routers: int
 
@@ -139,12 +141,14 @@ def make_plan(args: argparse.Namespace) -> Plan:
         warmup_s=0.5 if quick else 1.0,
         sync_rates=_rates(args.sync_rates, (25, 100, 400) if quick else SYNC_LADDER),
         stream_rates=(10, 25) if quick else STREAM_LADDER,
-        async_rates=(500,) if quick else (250, 500, 1000, 2000, 4000, 8000),
+        async_rates=(250,) if quick else (100, 250, 500, 1000, 2000, 4000, 8000),
         async_step_s=2.5 if quick else 4.0,
-        bulk_n=args.bulk_n or (2_000 if quick else 20_000),
+        bulk_n=args.bulk_n or (2_000 if quick else 10_000),
         batch_n=args.batch_n or (2_000 if quick else 50_000),
         cost_lag_s=5.0 if quick else 20.0,
         settle_s=4.0 if quick else 15.0,
+        profile=not quick and not args.no_profile,
+        profile_s=8.0,
         mock_latency_ms=args.mock_latency_ms,
         routers=args.routers,
     )
@@ -333,11 +337,21 @@ def run_mock(plan: Plan, mocks: Mocks) -> dict[str, Any]:
     return out
 
 
-class Tollway:
-    """The whole local stack of this checkout on the bench's own Kafka and ports."""
+CORE = ("ingress", "router-")
+"""`tollway-core`: only what a sync or streaming request passes through (with Kafka)."""
 
-    def __init__(self, plan: Plan) -> None:
+
+class Tollway:
+    """The whole local stack of this checkout on the bench's own Kafka and ports.
+
+    core=True starts only the ingress and the routers (no cost or budget processors,
+    loader, ClickHouse, batches or callbacks): the request path alone, to separate its
+    cost from the accounting pipeline's.
+    """
+
+    def __init__(self, plan: Plan, core: bool = False) -> None:
         self.plan = plan
+        self.core = core
         self.stack: Any = None
         self.url = f"http://127.0.0.1:{INGRESS_PORT}"
 
@@ -369,7 +383,15 @@ class Tollway:
             },
             log_dir=LOGS,
         )
-        self.stack.start(bootstrap, timeout_s=120.0)
+        parts = self.stack.plan(bootstrap)
+        if self.core:
+            parts = [c for c in parts if c.name.startswith(CORE)]
+        self.stack.components = parts
+        for component in parts:
+            component.start(LOGS)
+        deadline = time.monotonic() + 120.0
+        for component in parts:
+            self.stack.wait_healthy(component, deadline)
 
     def pids(self) -> dict[str, int]:
         pids = {c.name: c.process.pid for c in self.stack.components if c.process is not None}
@@ -403,15 +425,22 @@ def ladders(label: str, chat: str, pids: dict[str, int], plan: Plan) -> dict[str
     return out
 
 
-def run_tollway(plan: Plan) -> dict[str, Any]:
-    system = Tollway(plan)
+def run_tollway(plan: Plan, core: bool = False) -> dict[str, Any]:
+    system = Tollway(plan, core)
+    label = "tollway-core" if core else "tollway"
     out: dict[str, Any] = {"load_avg_at_start": os.getloadavg()}
     try:
         t0 = time.monotonic()
         system.start()
         out["start_s"] = round(time.monotonic() - t0, 1)
         pids = system.pids()
-        out.update(ladders("tollway", system.url + CHAT_PATH, pids, plan))
+        out.update(ladders(label, system.url + CHAT_PATH, pids, plan))
+        if plan.profile and not core:
+            held = [s["rate_rps"] for s in out.get("sync", []) if s["held"]]
+            rate = min(100.0, max(held)) if held else plan.sync_rates[0]
+            out["profile"] = profile(system.url + CHAT_PATH, pids, rate, plan)
+        if core:
+            return out
         if "cost-lag" in plan.scenarios:
             out["cost_lag"] = asyncio.run(cost_lag(system.url, plan.cost_lag_s))
             print(f"  tollway cost lag: {out['cost_lag']}", file=sys.stderr, flush=True)
@@ -431,6 +460,54 @@ def run_tollway(plan: Plan) -> dict[str, Any]:
     finally:
         system.stop()
     return out
+
+
+def profile(url: str, pids: dict[str, int], rate: float, plan: Plan) -> dict[str, Any]:
+    """One more sync step at `rate` with py-spy on every Python process: top self time each.
+
+    py-spy samples 100 times a second without pausing the process (--nonblocking); its
+    samples of a process approximate that process's CPU time. Not a Tollway dependency:
+    without `py-spy` in the venv this says so and the run goes on.
+    """
+    from profile_summary import render as render_profile
+    from profile_summary import summarize
+
+    py_spy = Path(sys.executable).parent / "py-spy"
+    if not py_spy.exists():
+        return {"status": "not run: py-spy is not installed in the venv (pip install py-spy)"}
+    raw_dir = STATE / "compare-profiles"
+    out_dir = BENCH / "out" / "compare-profiles"
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record_s = int(plan.profile_s + plan.warmup_s + 2)
+    spies: dict[str, subprocess.Popen[bytes]] = {}
+    for name, pid in pids.items():
+        if name == "kafka":
+            continue  # the JVM: its CPU per request is measured, not profiled
+        argv = [str(py_spy), "record", "--pid", str(pid), "--duration", str(record_s),
+                "--rate", "100", "--format", "raw", "--nonblocking",
+                "--output", str(raw_dir / f"{name}.raw")]  # fmt: skip
+        spies[name] = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    step = one_step(url, pids, mode="sync", model=MODEL, rate_rps=rate,
+                    duration_s=plan.profile_s, warmup_s=plan.warmup_s)  # fmt: skip
+    processes: dict[str, Any] = {}
+    for name, spy in spies.items():
+        try:
+            spy.wait(record_s + 30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+        raw = raw_dir / f"{name}.raw"
+        if not raw.exists():
+            processes[name] = {"samples": 0, "self": []}
+            continue
+        summary = summarize(raw.read_text().splitlines(), top=25)
+        (out_dir / f"{name}.txt").write_text(render_profile(name, summary))
+        self_rows = summary["self"]
+        assert isinstance(self_rows, list)
+        processes[name] = {"samples": summary["samples"], "self": self_rows[:6]}
+    print(f"  tollway profile at {rate:.0f}/s: {out_dir}", file=sys.stderr, flush=True)
+    return {"status": "ok", "rate_rps": rate, "step": step.to_json(), "processes": processes}
 
 
 def bulk(url: str, pids: dict[str, int], n: int) -> dict[str, Any]:
@@ -666,6 +743,7 @@ def main() -> None:
     parser.add_argument("--bulk-n", type=int, default=0, help="bulk async requests")
     parser.add_argument("--mock-latency-ms", type=int, default=50)
     parser.add_argument("--routers", type=int, default=1)
+    parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
     parser.add_argument("--out-json", type=Path, default=BENCH / "out" / "compare.json")
     parser.add_argument("--out-md", type=Path, default=BENCH / "RESULTS.md")
     args = parser.parse_args()
@@ -701,6 +779,9 @@ def main() -> None:
         if "tollway" in plan.systems:
             print("tollway", file=sys.stderr, flush=True)
             report["systems"]["tollway"] = run_tollway(plan)
+        if "tollway-core" in plan.systems:
+            print("tollway-core", file=sys.stderr, flush=True)
+            report["systems"]["tollway-core"] = run_tollway(plan, core=True)
         if "litellm" in plan.systems and venv is not None:
             print("litellm", file=sys.stderr, flush=True)
             report["systems"]["litellm"] = run_litellm(plan, venv)

@@ -14,6 +14,15 @@ from typing import Any
 from compare_stats import Target, added_latency_ms, evaluate, ratio
 
 NOT_PYTHON = ("kafka", "clickhouse")  # the JVM and the embedded ClickHouse: reported apart
+SYSTEMS = ("mock", "tollway", "tollway-core", "litellm")
+GATEWAYS = ("tollway", "tollway-core", "litellm")
+
+
+def _load(value: object) -> str:
+    """A load average triple as `1.23 / 4.56 / 7.89`."""
+    if isinstance(value, list | tuple) and len(value) == 3:
+        return " / ".join(f"{float(v):.2f}" for v in value)
+    return "n/a"
 
 
 def _steps(report: Mapping[str, Any], system: str, scenario: str) -> list[dict[str, Any]]:
@@ -232,6 +241,14 @@ def _headline(report: Mapping[str, Any]) -> list[str]:
         ["sync: sustained throughput (req/s, higher is better)", *cells["sync"]],
         ["streaming: sustained rate (req/s, higher is better)", *cells["stream"]],
     ]  # fmt: skip
+    core, core_below = throughput_bound(report, "tollway-core", "sync")
+    if core is not None:
+        lit, l_below = throughput_bound(report, "litellm", "sync")
+        rows.append([
+            "sync: sustained throughput, Tollway core only (ingress + router + Kafka)",
+            _bounded(core, core_below), _bounded(lit, l_below),
+            _bounded(ratio(core, lit), l_below and not core_below, ">", 2),
+        ])  # fmt: skip
     for scenario, key, what in (
         ("sync", "latency", "added latency"),
         ("stream", "ttft", "added TTFT"),
@@ -261,10 +278,36 @@ def _headline(report: Mapping[str, Any]) -> list[str]:
     return _table(["figure", "Tollway", "LiteLLM proxy", "Tollway / LiteLLM"], rows)
 
 
+def _profile_section(report: Mapping[str, Any]) -> list[str]:
+    prof = report.get("systems", {}).get("tollway", {}).get("profile")
+    if not prof:
+        return []
+    out = ["## Profile: Tollway under sync load (py-spy, top self time per process)", ""]
+    if prof.get("status") != "ok":
+        return [*out, f"Profile {prof.get('status')}.", ""]
+    cpu = prof["step"]["cpu_s_per_request"]
+    out += [
+        f"One more sync step at {prof['rate_rps']:.0f} req/s with py-spy (100 Hz, non-blocking) "
+        "on every Python process; full tables in bench/out/compare-profiles/. Share = of that "
+        "process's samples; CPU = ms per request of the process in that step.",
+        "",
+    ]
+    rows: list[list[object]] = []
+    ranked = sorted(prof["processes"].items(), key=lambda kv: -float(cpu.get(kv[0], 0.0)))
+    for name, data in ranked:
+        top = data.get("self", [])[:4]
+        rows.append([
+            name, round(float(cpu.get(name, 0.0)) * 1000, 2), data.get("samples"),
+            "; ".join(f"{r['share'] * 100:.0f}% {r['function']}" for r in top),
+        ])  # fmt: skip
+    out += _table(["process", "CPU ms/req", "samples", "top self time"], rows)
+    return [*out, ""]
+
+
 def _cpu_rss_section(report: Mapping[str, Any]) -> list[str]:
     out: list[str] = []
     rate = comparison_rate(report)
-    for system in ("tollway", "litellm"):
+    for system in GATEWAYS:
         data = report.get("systems", {}).get(system)
         if not data:
             continue
@@ -307,8 +350,8 @@ def render(report: Mapping[str, Any]) -> str:
         "",
         f"- Machine: {m.get('nproc')} cores, {m.get('cpu_model')}, Linux {m.get('kernel')}, "
         f"Python {m.get('python')}",
-        f"- Load average (1/5/15 min) at start: {_fmt(report.get('load_avg_at_start'))}; "
-        f"at end: {_fmt(report.get('load_avg_at_end'))} "
+        f"- Load average (1/5/15 min) at start: {_load(report.get('load_avg_at_start'))}; "
+        f"at end: {_load(report.get('load_avg_at_end'))} "
         "(other work on the machine; per system below)",
         f"- Versions: Tollway `{versions.get('tollway')}`, LiteLLM `{versions.get('litellm')}` "
         "(`litellm[proxy]`, own venv, 2 workers, no DB, no Redis, retries off, logging ERROR)",
@@ -336,13 +379,13 @@ def render(report: Mapping[str, Any]) -> str:
     for scenario, title in (("sync", "Sync chat completions"), ("stream", "Streaming: TTFT")):
         lines += [f"## {title}", ""]
         what = "TTFT" if scenario == "stream" else "latency"
-        for system in ("mock", "tollway", "litellm"):
+        for system in SYSTEMS:
             if not _steps(report, system, scenario):
                 continue
             data = report["systems"][system]
             idle = data.get("idle_cores")
             lines += [
-                f"**{system}** (load average at its start: {_fmt(data.get('load_avg_at_start'))}"
+                f"**{system}** (load average at its start: {_load(data.get('load_avg_at_start'))}"
                 + (f"; start-up {data['start_s']} s" if "start_s" in data else "")
                 + (f"; idle CPU {sum(idle.values()):.2f} cores" if idle else "")
                 + ")",
@@ -355,6 +398,7 @@ def render(report: Mapping[str, Any]) -> str:
             )  # fmt: skip
             lines.append("")
     lines += ["## CPU and memory per process", "", *_cpu_rss_section(report)]
+    lines += _profile_section(report)
     lines += ["## Async acceptance (Tollway; LiteLLM: n/a, it has no async endpoint)", ""]
     if tollway.get("async_single"):
         lines += ["Single requests, open loop, `POST /v1/async/chat/completions` -> 202:", ""]

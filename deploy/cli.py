@@ -67,15 +67,19 @@ def _cmd_mock(args: argparse.Namespace) -> int:
 
 
 def _cmd_cost(_: argparse.Namespace) -> int:
+    from deploy.gc_tuning import tune_gc
     from workers.cost.agent import run_cost_processor
 
+    tune_gc()  # per-event allocations: collect in larger batches (deploy/gc_tuning.py)
     run_cost_processor()
     return 0
 
 
 def _cmd_budget(_: argparse.Namespace) -> int:
+    from deploy.gc_tuning import tune_gc
     from workers.budget.agent import run_budget_processor
 
+    tune_gc()  # per-event allocations: collect in larger batches (deploy/gc_tuning.py)
     run_budget_processor()
     return 0
 

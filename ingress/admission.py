@@ -17,10 +17,10 @@ asked-for model in the metadata as `tollway.downgraded_from`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from schemas.errors import InvalidRequest, MalformedJSON
 from schemas.openai import ChatCompletionRequest
@@ -33,16 +33,19 @@ BUDGET_WARNING_HEADER: Final = "x-tollway-budget-warning"
 DOWNGRADED_FROM_KEY: Final = "tollway.downgraded_from"
 _WARNING_MAX_CHARS: Final = 1_000
 
+M = TypeVar("M", bound=BaseModel)
 
-def parse_chat_request(
-    body: bytes, routes: RoutesConfig, *, team_id: str | None = None, key_id: str | None = None
-) -> ChatCompletionRequest:
-    """Validate a chat completion body. The original bytes travel on unchanged.
 
-    `team_id`/`key_id` name the caller, whose aliases (`RoutesConfig.aliased`) count as
-    models; the router applies the same aliases when it plans the request."""
-    # strict: the original bytes travel on, so "max_tokens": "5" must not pass as 5 here
-    # and reach the provider as a string.
+def parse_json_body(body: bytes, model: type[M]) -> M:
+    """`body` validated as `model`, strictly; the first problem found is a typed 400.
+
+    Shared with embeddings.py, so a mistake gets the same error on either endpoint:
+    not JSON -> MalformedJSON; not an object -> InvalidRequest; an unknown field or a
+    wrong/out-of-range value -> InvalidRequest with `param` its dotted path; a
+    ValueError from one of our validators -> InvalidRequest with its own message.
+    Strict: the original bytes travel on to the provider, so `"max_tokens": "5"` must
+    not pass as 5 here and reach the provider as a string.
+    """
     try:
         raw: Any = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -52,16 +55,27 @@ def parse_chat_request(
     if not isinstance(raw, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     try:
-        request = ChatCompletionRequest.model_validate(raw, strict=True)
+        return model.model_validate(raw, strict=True)
     except ValidationError as exc:
         first = exc.errors()[0]
         param = ".".join(str(p) for p in first["loc"]) or None
-        detail = (
-            "Unrecognized request argument supplied"
-            if first["type"] == "extra_forbidden"
-            else first["msg"]
-        )
-        raise InvalidRequest(f"{detail}: {param}", param=param) from exc
+        if first["type"] == "extra_forbidden":
+            detail = f"Unrecognized request argument supplied: {param}"
+        elif first["type"] == "value_error":
+            detail = str(first["ctx"]["error"])  # our own message, naming the item
+        else:
+            detail = f"{first['msg']}: {param}"
+        raise InvalidRequest(detail, param=param) from exc
+
+
+def parse_chat_request(
+    body: bytes, routes: RoutesConfig, *, team_id: str | None = None, key_id: str | None = None
+) -> ChatCompletionRequest:
+    """Validate a chat completion body. The original bytes travel on unchanged.
+
+    `team_id`/`key_id` name the caller, whose aliases (`RoutesConfig.aliased`) count as
+    models; the router applies the same aliases when it plans the request."""
+    request = parse_json_body(body, ChatCompletionRequest)  # strict: see parse_json_body
     routes.resolve_for(request.model, team_id=team_id, key_id=key_id)  # raises UnknownModel
     return request
 

@@ -18,12 +18,10 @@ after the call. A model of unknown length is not checked here.
 from __future__ import annotations
 
 import math
-from typing import Any, Final
+from typing import Final
 
-import orjson
-from pydantic import ValidationError
-
-from schemas.errors import InvalidRequest, MalformedJSON, ResponseTooLarge
+from ingress.admission import parse_json_body
+from schemas.errors import InvalidRequest, ResponseTooLarge
 from schemas.openai import KNOWN_EMBEDDING_DIMENSIONS, EmbeddingsRequest
 from schemas.records import RESULT_BODY_MAX_BYTES
 from schemas.routes import EMBEDDING_PROVIDERS, ModelRoute, RoutesConfig
@@ -43,26 +41,7 @@ def parse_embeddings_request(
     max_result_bytes: int = RESULT_BODY_MAX_BYTES,
 ) -> EmbeddingsRequest:
     """Validate an embeddings body for this caller (whose aliases count as models)."""
-    try:
-        raw: Any = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise MalformedJSON(
-            f"We could not parse the JSON body of your request ({exc.msg})."
-        ) from exc
-    if not isinstance(raw, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    try:
-        request = EmbeddingsRequest.model_validate(raw, strict=True)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
-        if first["type"] == "extra_forbidden":
-            detail = f"Unrecognized request argument supplied: {param}"
-        elif first["type"] == "value_error":
-            detail = str(first["ctx"]["error"])  # our own message, naming the item
-        else:
-            detail = f"{first['msg']}: {param}"
-        raise InvalidRequest(detail, param=param) from exc
+    request = parse_json_body(body, EmbeddingsRequest)
     route = routes.resolve_for(request.model, team_id=team_id, key_id=key_id)
     if not any(d.provider in EMBEDDING_PROVIDERS for d in route.deployments):
         kinds = sorted({d.provider for d in route.deployments})

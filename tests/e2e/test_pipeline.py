@@ -12,7 +12,9 @@ import asyncio
 import signal
 import time
 from collections import Counter
+from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -272,3 +274,86 @@ async def test_the_call_is_priced_at_the_input_rate(stack: Stack, kafka_bootstra
     assert (record["prompt_tokens"], record["completion_tokens"]) == (prompt_tokens, 0)
     assert record["cost_status"] == "priced"
     assert record["cost_nano_usd"] == prompt_tokens * SMALL_NANO_USD_PER_TOKEN
+
+
+# --- tool calls with both SDKs (the mock calls the first tool until it sees a result) ----
+
+WEATHER_FUNCTION = {
+    "name": "get_weather",
+    "description": "Weather for a city",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+    },
+}
+
+
+def test_the_openai_sdk_completes_a_tool_call_round_trip_through_kafka(stack: Stack) -> None:
+    client = OpenAI(base_url=f"{stack.url}/v1", api_key="any", max_retries=0)
+    tools: list[Any] = [{"type": "function", "function": WEATHER_FUNCTION}]
+    question: Any = {"role": "user", "content": "Weather in Paris?"}
+    first = client.chat.completions.create(model="gpt-4o-mini", messages=[question], tools=tools)
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.tool_calls is not None
+    call = choice.message.tool_calls[0]
+    assert call.type == "function"
+    assert (call.function.name, call.function.arguments) == ("get_weather", '{"city":"mock"}')
+    second = client.chat.completions.create(
+        model="gpt-4o-mini",
+        tools=tools,
+        messages=[
+            question,
+            choice.message.model_dump(exclude_none=True),  # type: ignore[list-item]
+            {"role": "tool", "tool_call_id": call.id, "content": "sunny"},
+        ],
+    )
+    assert second.choices[0].finish_reason == "stop"
+    assert second.choices[0].message.content
+
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini", messages=[question], tools=tools, stream=True
+    )
+    deltas = [c.choices[0].delta for c in stream if c.choices]
+    fragments = [t for d in deltas for t in (d.tool_calls or [])]
+    assert fragments[0].function is not None
+    assert fragments[0].function.name == "get_weather"
+    assert "".join((f.function.arguments or "") for f in fragments if f.function) == (
+        '{"city":"mock"}'
+    )
+
+
+def test_the_anthropic_sdk_completes_a_tool_use_through_kafka(stack: Stack) -> None:
+    client = anthropic.Anthropic(base_url=stack.url, api_key="any", max_retries=0)
+    tool: Any = {
+        "name": "get_weather",
+        "description": "Weather for a city",
+        "input_schema": WEATHER_FUNCTION["parameters"],
+    }
+    question: Any = {"role": "user", "content": "Weather in Paris?"}
+    first = client.messages.create(
+        model="gpt-4o-mini", max_tokens=64, messages=[question], tools=[tool]
+    )
+    assert first.stop_reason == "tool_use"
+    tool_use = first.content[0]
+    assert tool_use.type == "tool_use"
+    assert (tool_use.name, tool_use.input) == ("get_weather", {"city": "mock"})
+    result: Any = {
+        "role": "user",
+        "content": [{"type": "tool_result", "tool_use_id": tool_use.id, "content": "sunny"}],
+    }
+    second = client.messages.create(
+        model="gpt-4o-mini",
+        max_tokens=64,
+        tools=[tool],
+        messages=[question, {"role": "assistant", "content": first.content}, result],
+    )
+    assert second.stop_reason == "end_turn"
+    assert second.content[0].type == "text"
+
+    with client.messages.stream(
+        model="gpt-4o-mini", max_tokens=64, messages=[{"role": "user", "content": "Hi"}]
+    ) as streamed:
+        text = "".join(streamed.text_stream)
+    assert text

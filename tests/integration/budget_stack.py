@@ -18,10 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -38,6 +34,7 @@ from schemas import codec, topics
 from schemas.records import Attempt, BudgetState, UsageRecord
 from schemas.routes import Deployment, ModelRoute, RoutesConfig
 from schemas.settings import KafkaSettings
+from tests.integration.processes import ModuleProcess
 from workers.budget.partitioning import usage_partition
 from workers.budget.view import EnforcementSettings
 from workers.cost.settings import CostSettings
@@ -49,7 +46,6 @@ from workers.router.consumer import Router
 from workers.router.execution import Executor
 from workers.router.settings import RouterSettings
 
-REPO = Path(__file__).resolve().parents[2]
 TEAM = "default"
 MODEL = "mock-budget"
 READY_TIMEOUT_S = 60.0
@@ -66,51 +62,6 @@ def free_port() -> int:
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-@dataclass
-class Proc:
-    """One component as its own OS process (`python -m ...`), output in a log file."""
-
-    args: list[str]
-    env: dict[str, str]
-    log_path: Path
-    process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", *self.args],
-                env={**os.environ, **self.env},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=REPO,
-                start_new_session=True,
-            )
-
-    def log(self) -> str:
-        return self.log_path.read_text("utf-8", errors="replace")
-
-    def check_alive(self) -> None:
-        assert self.process is not None
-        assert self.process.poll() is None, f"{self.args} died:\n{self.log()[-3000:]}"
-
-    async def wait_log(self, marker: str) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while marker not in self.log():
-            self.check_alive()
-            assert time.monotonic() < deadline, f"{self.args} not ready:\n{self.log()[-3000:]}"
-            await asyncio.sleep(0.2)
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
 
 
 @dataclass
@@ -250,7 +201,7 @@ class BudgetStack:
     and these runs measure reservations, not fail-closed (unit-tested)."""
     timings_s: dict[str, float] = field(default_factory=dict)
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
-    procs: list[Proc] = field(default_factory=list)
+    procs: list[ModuleProcess] = field(default_factory=list)
     tail: Tail | None = None
     budgets: AttemptBudgets | None = None
     router: Router | None = None
@@ -289,13 +240,13 @@ class BudgetStack:
             "TOLLWAY_ENFORCEMENT_STALE_AFTER_S": str(self.stale_after_s),
         }
         faust = {"TOLLWAY_COST_DATA_DIR": str(self.workdir / "faust")}
-        cost = Proc(
+        cost = ModuleProcess(
             ["workers.cost.agent"],
             {**common, **faust, "TOLLWAY_COST_APP_ID": f"bs-cost-{self.run_id}",
              "TOLLWAY_COST_START_FROM": "latest", "TOLLWAY_COST_SESSION_TIMEOUT_S": "6"},
             self.workdir / "cost.log",
         )  # fmt: skip
-        budget = Proc(
+        budget = ModuleProcess(
             ["workers.budget.agent"],
             {**common, "TOLLWAY_BUDGET_APP_ID": f"bs-budget-{self.run_id}",
              "TOLLWAY_BUDGET_DATA_DIR": str(self.workdir / "faust"),
@@ -303,7 +254,7 @@ class BudgetStack:
             self.workdir / "budget.log",
         )  # fmt: skip
         port = free_port()
-        ingress = Proc(
+        ingress = ModuleProcess(
             ["deploy.cli", "ingress"],
             {**common, "TOLLWAY_INGRESS_PORT": str(port)},
             self.workdir / "ingress.log",
@@ -315,7 +266,10 @@ class BudgetStack:
         cost.start()
         budget.start()
         ingress.start()
-        await asyncio.gather(cost.wait_log("[^Worker]: Ready"), budget.wait_log("[^Worker]: Ready"))
+        await asyncio.gather(
+            cost.wait_log("[^Worker]: Ready", timeout_s=READY_TIMEOUT_S),
+            budget.wait_log("[^Worker]: Ready", timeout_s=READY_TIMEOUT_S),
+        )
         self.timings_s["processors_ready"] = round(time.monotonic() - t0, 1)
         await self._feed_canaries()
         self.timings_s["canaries_read"] = round(time.monotonic() - t0, 1)
@@ -384,7 +338,7 @@ class BudgetStack:
         self.router = Router(kafka, settings, executor)
         self._router_task = asyncio.create_task(self.router.run())
 
-    async def _wait_admitting(self, ingress: Proc) -> None:
+    async def _wait_admitting(self, ingress: ModuleProcess) -> None:
         """/readyz (Kafka and the budget view), then the team's state from THIS run's
         processor in the views (a previous run's `exceeded` may still be the latest)."""
         assert self.tail is not None

@@ -12,8 +12,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -30,24 +28,20 @@ from schemas import codec, topics
 from schemas.errors import BudgetExceeded, ServiceUnavailable
 from schemas.records import Attempt, BudgetEvent, BudgetState, UsageRecord
 from schemas.settings import KafkaSettings
+from tests.integration.processes import ModuleProcess
 from workers.budget.config import load_budgets
 from workers.budget.partitioning import usage_partition
 
 pytestmark = pytest.mark.kafka
 
-REPO = Path(__file__).resolve().parents[2]
 MOCK_COST_NANO = 2_000_000  # mock-*: 1000 prompt x $1/M + 500 completion x $2/M
 READY_TIMEOUT_S = 45.0
 
 
 @dataclass
-class Processor:
-    """One processor process (`python -m <module>`), its output in a log file."""
+class Processor(ModuleProcess):
+    """A faust processor process that the tests SIGKILL and restart."""
 
-    module: str
-    env: dict[str, str]
-    log_path: Path
-    process: subprocess.Popen[bytes] | None = None
     starts: int = 0
     started_ms: int = 0
     """Wall-clock start of the current process (epoch ms; priced_at_ms is on the same clock)."""
@@ -58,26 +52,13 @@ class Processor:
     def start(self) -> None:
         self.starts += 1
         self.started_ms = time.time_ns() // 1_000_000
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", self.module],
-                env={**os.environ, **self.env},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=REPO,
-                start_new_session=True,
-            )
-
-    def log(self) -> str:
-        return self.log_path.read_text("utf-8", errors="replace")
+        super().start()
 
     async def wait_ready(self) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while self.log().count("[^Worker]: Ready") < self.starts:
-            assert self.process is not None
-            assert self.process.poll() is None, f"{self.module} died:\n{self.log()[-3000:]}"
-            assert time.monotonic() < deadline, f"{self.module} not ready:\n{self.log()[-3000:]}"
-            await asyncio.sleep(0.1)
+        """Until this start's process logged Ready (each start logs it once more)."""
+        await self.wait_log(
+            "[^Worker]: Ready", timeout_s=READY_TIMEOUT_S, times=self.starts, poll_s=0.1
+        )
         if self.killed_at is not None:
             self.ready_after_kill_s.append(time.monotonic() - self.killed_at)
             self.killed_at = None
@@ -87,16 +68,6 @@ class Processor:
         os.kill(self.process.pid, signal.SIGKILL)
         self.killed_at = time.monotonic()
         self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
 
 
 @dataclass
@@ -261,7 +232,7 @@ async def stack(kafka_bootstrap: str, tmp_path: Path) -> AsyncIterator[Stack]:
         "PYTHONUNBUFFERED": "1",
     }
     cost = Processor(
-        "workers.cost.agent",
+        ["workers.cost.agent"],
         {
             **common,
             "TOLLWAY_COST_APP_ID": f"it-cost-{run_id}",
@@ -274,7 +245,7 @@ async def stack(kafka_bootstrap: str, tmp_path: Path) -> AsyncIterator[Stack]:
         tmp_path / "cost.log",
     )
     budget = Processor(
-        "workers.budget.agent",
+        ["workers.budget.agent"],
         {
             **common,
             "TOLLWAY_BUDGET_APP_ID": f"it-budget-{run_id}",

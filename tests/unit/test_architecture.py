@@ -28,6 +28,8 @@ PURE: Final = (
     "schemas/topics.py",
     "ingress/ids.py",
     "ingress/admin_auth.py",
+    "schemas/kafka_partitioner.py",
+    "schemas/avro_writer.py",
     "ingress/admission.py",
     "ingress/embeddings.py",
     "ingress/idempotency.py",

@@ -352,3 +352,34 @@ def test_budget_lag_is_the_reservations_phase(
     r = report()
     r["budget_lag"] = {"status": "ok", "figures": {"phases": phases}}
     assert compare_render.budget_lag_p99(r) == expected
+
+
+def test_render_shows_the_core_variant_and_the_profile_ranked_by_cpu() -> None:
+    r = report()
+    r["load_avg_at_start"] = [1.5, 2.25, 3.0]
+    r["systems"]["tollway-core"] = {"sync": ladder_json([(25, 52.0, True), (100, 53.0, True)])}
+    r["systems"]["tollway"]["profile"] = {
+        "status": "ok",
+        "rate_rps": 100.0,
+        "step": {"cpu_s_per_request": {"ingress": 0.001, "clickhouse": 0.002}},
+        "processes": {
+            "ingress": {"samples": 50, "self": [{"function": "parse (x.py)", "share": 0.5}]},
+            "clickhouse": {"samples": 90, "self": [{"function": "query (y.py)", "share": 0.25}]},
+        },
+    }
+    text = compare_render.render(r)
+    assert "at start: 1.50 / 2.25 / 3.00" in text
+    assert (
+        "| sync: sustained throughput, Tollway core only (ingress + router + Kafka) | 100.0 |"
+        in text
+    )
+    profile = text.split("## Profile", 1)[1]
+    assert profile.index("| clickhouse | 2.0 | 90 | 25% query (y.py) |") < profile.index(
+        "| ingress | 1.0 | 50 | 50% parse (x.py) |"
+    )
+
+
+def test_render_says_why_there_is_no_profile() -> None:
+    r = report()
+    r["systems"]["tollway"]["profile"] = {"status": "not run: py-spy is not installed"}
+    assert "Profile not run: py-spy is not installed." in compare_render.render(r)

@@ -434,3 +434,84 @@ def test_gemini_answers_and_blocked_prompts() -> None:
     status, body, _ = gemini_wire.render(_outcome(model, fields), fields, model, "r2")
     assert (status, body["promptFeedback"]) == (200, {"blockReason": "SAFETY"})
     assert "candidates" not in body
+
+
+# --- tool calls (OpenAI request shape) ---------------------------------------------------
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+            "required": ["city", "days"],
+        },
+    },
+}
+OTHER_TOOL = {"type": "function", "function": {"name": "other", "parameters": {}}}
+
+
+def _reply(request: dict[str, object]) -> behaviour.Reply:
+    outcome = decide(request, "mock", SETTINGS, 0)
+    assert isinstance(outcome, Answer)
+    return outcome.reply
+
+
+def test_a_request_with_tools_is_answered_with_a_call_of_the_first_tool() -> None:
+    call = _reply(_request(tools=[WEATHER_TOOL, OTHER_TOOL])).tool_call
+    assert call is not None
+    assert (call.name, call.arguments) == ("get_weather", '{"city":"mock","days":1}')
+    body = wire.completion_body(_reply(_request(tools=[WEATHER_TOOL])), "m", "id", 0)
+    choice = body["choices"][0]  # type: ignore[index]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["content"] is None
+    assert choice["message"]["tool_calls"][0]["function"]["name"] == "get_weather"
+
+
+def test_tool_choice_picks_the_function_and_none_turns_calls_off() -> None:
+    chosen = {"type": "function", "function": {"name": "other"}}
+    picked = _reply(_request(tools=[WEATHER_TOOL, OTHER_TOOL], tool_choice=chosen)).tool_call
+    assert picked is not None
+    assert (picked.name, picked.arguments) == ("other", "{}")
+    assert _reply(_request(tools=[WEATHER_TOOL], tool_choice="none")).tool_call is None
+
+
+def test_once_the_tool_result_is_in_the_conversation_the_mock_answers_in_text() -> None:
+    first = _reply(_request(tools=[WEATHER_TOOL])).tool_call
+    assert first is not None
+    messages = [
+        {"role": "user", "content": "weather?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": first.call_id,
+                    "type": "function",
+                    "function": {"name": first.name, "arguments": first.arguments},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": first.call_id, "content": "sunny"},
+    ]
+    reply = _reply({"model": "mock", "messages": messages, "tools": [WEATHER_TOOL]})
+    assert reply.tool_call is None
+    assert reply.content
+
+
+def test_anthropic_shaped_tools_get_a_text_answer() -> None:
+    anthropic_tool = {"name": "get_weather", "input_schema": {"type": "object"}}
+    assert _reply(_request(tools=[anthropic_tool])).tool_call is None
+
+
+def test_a_streamed_tool_call_sends_the_name_then_the_arguments() -> None:
+    reply = _reply(_request(tools=[WEATHER_TOOL], stream=True))
+    chunks = wire.stream_chunks(reply, "m", "id", 0, include_usage=True)
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]  # type: ignore[index]
+    calls = [d["tool_calls"][0] for d in deltas if "tool_calls" in d]
+    assert calls[0]["function"] == {"name": "get_weather", "arguments": ""}
+    assert "".join(c["function"]["arguments"] for c in calls) == '{"city":"mock","days":1}'
+    finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]  # type: ignore[index]
+    assert finishes[-1] == "tool_calls"
+    assert chunks[-1]["usage"] is not None

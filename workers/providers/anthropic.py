@@ -65,7 +65,7 @@ from workers.providers.anthropic_stream import (
 )
 from workers.providers.base import ProviderReply, StreamPiece
 from workers.providers.canonical import JsonObject, unsupported
-from workers.providers.event_stream import stream_translated
+from workers.providers.event_stream import stream_chat_translated
 from workers.providers.http import HttpClient
 from workers.providers.transport import (
     api_key,
@@ -353,20 +353,16 @@ class AnthropicProvider:
         upstream_model = str(deployment.model or request["model"])
         payload = {**to_messages_request(request, upstream_model), "stream": True}
         url, headers = self._url_and_headers(deployment)
-        options = request.get("stream_options") or {}
-        translator = AnthropicStreamTranslator(
-            source=deployment.name,
-            requested_model=upstream_model,
-            created_s=int(self._clock_s()),
-            include_usage=bool(options.get("include_usage")),
-        )
-        async for piece in stream_translated(
+        async for piece in stream_chat_translated(
             self._client,
             deployment,
+            request,
+            translator_type=AnthropicStreamTranslator,
+            upstream_model=upstream_model,
+            created_s=int(self._clock_s()),
             url=url,
             headers=headers,
             payload=payload,
-            translator=translator,
             error_from_response=error_from_response,
         ):
             yield piece

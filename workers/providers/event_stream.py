@@ -14,11 +14,14 @@
 
 The router relays each piece as it comes and turns an error raised after the first
 relayed piece into `StreamBroken` (workers/router/execution.py, StreamRelay).
+
+`stream_sse` is the HTTP half alone (POST, status check, SSE parsing), shared with
+openai_stream.py, whose chunks need no translation.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 import orjson
@@ -41,6 +44,54 @@ class EventTranslator(Protocol):
     def close(self) -> list[StreamPiece]: ...
 
 
+class TranslatorType(Protocol):
+    """The constructor the chat stream translators share (anthropic_stream, gemini_stream)."""
+
+    def __call__(
+        self, *, source: str, requested_model: str, created_s: int, include_usage: bool
+    ) -> EventTranslator: ...
+
+
+async def stream_chat_translated(
+    client: HttpClient,
+    deployment: Deployment,
+    request: Mapping[str, Any],
+    *,
+    translator_type: TranslatorType,
+    upstream_model: str,
+    created_s: int,
+    url: str,
+    headers: Mapping[str, str],
+    payload: object,
+    error_from_response: ErrorFromResponse,
+    params: Mapping[str, str] | None = None,
+) -> AsyncIterator[StreamPiece]:
+    """`stream_translated` for a canonical chat request, with a fresh translator.
+
+    The translator names the deployment as the error source, reports `upstream_model`
+    and `created_s` (epoch s) in its chunks, and ends with a usage chunk only when the
+    client asked (`stream_options.include_usage`), as OpenAI does.
+    """
+    options = request.get("stream_options") or {}
+    translator = translator_type(
+        source=deployment.name,
+        requested_model=upstream_model,
+        created_s=created_s,
+        include_usage=bool(options.get("include_usage")),
+    )
+    async for piece in stream_translated(
+        client,
+        deployment,
+        url=url,
+        headers=headers,
+        payload=payload,
+        translator=translator,
+        error_from_response=error_from_response,
+        params=params,
+    ):
+        yield piece
+
+
 async def stream_translated(
     client: HttpClient,
     deployment: Deployment,
@@ -53,6 +104,40 @@ async def stream_translated(
     params: Mapping[str, str] | None = None,
 ) -> AsyncIterator[StreamPiece]:
     """The canonical pieces of one streamed call, yielded as the provider sends them."""
+    async for piece in stream_sse(
+        client,
+        deployment,
+        url=url,
+        headers=headers,
+        payload=payload,
+        pieces=lambda data: translator.feed(_json_event(deployment, data)),
+        error_from_response=error_from_response,
+        params=params,
+    ):
+        yield piece
+    for piece in translator.close():
+        yield piece
+
+
+async def stream_sse(
+    client: HttpClient,
+    deployment: Deployment,
+    *,
+    url: str,
+    headers: Mapping[str, str],
+    payload: object,
+    pieces: Callable[[bytes], Iterable[StreamPiece]],
+    error_from_response: ErrorFromResponse,
+    params: Mapping[str, str] | None = None,
+) -> AsyncIterator[StreamPiece]:
+    """POST `payload` as JSON and yield `pieces(data)` for each SSE event's data.
+
+    The one HTTP path of every streamed call (this module's translated streams and
+    openai_stream.py's untouched chunks). `pieces` runs inside this generator, so an
+    error it raises closes the response at once. A non-2xx answer raises
+    `error_from_response` before any piece; transport failures are mapped by
+    `map_transport_errors`; SSE that cannot be parsed is a ProviderServerError.
+    """
     with map_transport_errors(deployment):
         async with client.stream_post(
             url,
@@ -69,13 +154,11 @@ async def stream_translated(
             parser = SSEParser()
             async for raw in response.aiter_raw():
                 for data in _events(deployment, parser, raw):
-                    for piece in translator.feed(_json_event(deployment, data)):
+                    for piece in pieces(data):
                         yield piece
             for data in parser.close():
-                for piece in translator.feed(_json_event(deployment, data)):
+                for piece in pieces(data):
                     yield piece
-            for piece in translator.close():
-                yield piece
 
 
 def _events(deployment: Deployment, parser: SSEParser, raw: bytes) -> list[bytes]:

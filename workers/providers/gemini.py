@@ -69,7 +69,7 @@ from schemas.routes import Deployment
 from workers.providers import canonical
 from workers.providers.base import ProviderReply, StreamPiece
 from workers.providers.canonical import JsonObject, unsupported
-from workers.providers.event_stream import stream_translated
+from workers.providers.event_stream import stream_chat_translated
 from workers.providers.gemini_stream import (
     FINISH_REASONS,
     THOUGHT_SIGNATURE_SEPARATOR,
@@ -392,21 +392,17 @@ class GeminiProvider:
         arrives (gemini_stream.py); errors before the first piece allow fallback."""
         payload = to_generate_content_request(request)
         upstream_model, url, headers = self._target(deployment, request, "streamGenerateContent")
-        options = request.get("stream_options") or {}
-        translator = GeminiStreamTranslator(
-            source=deployment.name,
-            requested_model=upstream_model,
-            created_s=int(self._clock_s()),
-            include_usage=bool(options.get("include_usage")),
-        )
-        async for piece in stream_translated(
+        async for piece in stream_chat_translated(
             self._client,
             deployment,
+            request,
+            translator_type=GeminiStreamTranslator,
+            upstream_model=upstream_model,
+            created_s=int(self._clock_s()),
             url=url,
             headers=headers,
             payload=payload,
             params=STREAM_PARAMS,
-            translator=translator,
             error_from_response=error_from_response,
         ):
             yield piece

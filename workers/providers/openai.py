@@ -18,7 +18,8 @@ vectors stay base64. Usage is `prompt_tokens` (no completion); an answer without
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -74,26 +75,15 @@ async def post_chat_completion(
     params: Mapping[str, str] | None = None,
 ) -> ProviderReply:
     """Send a canonical request to an OpenAI-format endpoint and check the answer."""
-    upstream_model = deployment.model or request["model"]
-    payload = dict(request, model=upstream_model)
-    response = await post_json(
-        client, deployment, url, headers=headers, payload=payload, params=params
-    )
-    if response.status_code >= 300:
-        raise error_from_response(
-            deployment, response.status_code, response.headers, response.content
-        )
-    parsed = json_object(deployment, response.content)
-    if "choices" not in parsed:
-        raise ProviderServerError(f"{deployment.name}: answer is not a chat completion")
-    try:
-        usage = usage_from_openai(parsed.get("usage"))
-    except (TypeError, ValueError, AttributeError) as exc:
-        raise ProviderServerError(f"{deployment.name}: answer has malformed usage") from exc
-    return ProviderReply(
-        body=response.content,
-        usage=usage,
-        served_model=str(parsed.get("model") or upstream_model),
+    return await _post_openai_format(
+        client,
+        deployment,
+        request,
+        url=url,
+        headers=headers,
+        params=params,
+        is_answer=lambda parsed: "choices" in parsed,
+        not_answer="a chat completion",
     )
 
 
@@ -107,6 +97,36 @@ async def post_embeddings(
     params: Mapping[str, str] | None = None,
 ) -> ProviderReply:
     """Send a canonical embeddings request to an OpenAI-format endpoint; check the answer."""
+    reply = await _post_openai_format(
+        client,
+        deployment,
+        request,
+        url=url,
+        headers=headers,
+        params=params,
+        is_answer=lambda parsed: isinstance(parsed.get("data"), list),
+        not_answer="an embeddings list",
+    )
+    usage: Usage = {**reply.usage, "completion_tokens": 0, "reasoning_tokens": 0}
+    return replace(reply, usage=usage)
+
+
+async def _post_openai_format(
+    client: HttpClient,
+    deployment: Deployment,
+    request: Mapping[str, Any],
+    *,
+    url: str,
+    headers: Mapping[str, str],
+    params: Mapping[str, str] | None,
+    is_answer: Callable[[dict[str, Any]], bool],
+    not_answer: str,
+) -> ProviderReply:
+    """POST the client's body (only `model` replaced) and keep the answer's bytes.
+
+    A non-2xx is `error_from_response`; a 2xx that is not JSON, fails `is_answer`
+    ("answer is not {not_answer}") or has malformed usage is a ProviderServerError.
+    """
     upstream_model = deployment.model or request["model"]
     payload = dict(request, model=upstream_model)
     response = await post_json(
@@ -117,15 +137,15 @@ async def post_embeddings(
             deployment, response.status_code, response.headers, response.content
         )
     parsed = json_object(deployment, response.content)
-    if not isinstance(parsed.get("data"), list):
-        raise ProviderServerError(f"{deployment.name}: answer is not an embeddings list")
+    if not is_answer(parsed):
+        raise ProviderServerError(f"{deployment.name}: answer is not {not_answer}")
     try:
         usage = usage_from_openai(parsed.get("usage"))
     except (TypeError, ValueError, AttributeError) as exc:
         raise ProviderServerError(f"{deployment.name}: answer has malformed usage") from exc
     return ProviderReply(
         body=response.content,
-        usage={**usage, "completion_tokens": 0, "reasoning_tokens": 0},
+        usage=usage,
         served_model=str(parsed.get("model") or upstream_model),
     )
 

@@ -17,10 +17,9 @@ import orjson
 from schemas.errors import ProviderServerError
 from schemas.routes import Deployment
 from workers.providers.base import StreamPiece
+from workers.providers.event_stream import stream_sse
 from workers.providers.http import HttpClient
 from workers.providers.openai import error_from_response, usage_from_openai
-from workers.providers.sse import SSEParser
-from workers.providers.transport import map_transport_errors
 
 
 async def stream_chat_completion(
@@ -33,42 +32,23 @@ async def stream_chat_completion(
     params: Mapping[str, str] | None = None,
 ) -> AsyncIterator[StreamPiece]:
     payload = {**request, "model": deployment.model or request["model"], "stream": True}
-    with map_transport_errors(deployment):
-        async with client.stream_post(
-            url,
-            content=orjson.dumps(payload),
-            headers={"content-type": "application/json", **headers},
-            params=params,
-            timeout_s=deployment.timeout_s,
-        ) as response:
-            if response.status_code >= 300:
-                content = await response.aread()
-                raise error_from_response(
-                    deployment, response.status_code, response.headers, content
-                )
-            parser = SSEParser()
-            async for raw in response.aiter_raw():
-                for data in _events(deployment, parser, raw):
-                    yield data
-            for data in _close(deployment, parser):
-                yield data
+    async for piece in stream_sse(
+        client,
+        deployment,
+        url=url,
+        headers=headers,
+        payload=payload,
+        pieces=lambda data: _pieces(deployment, data),
+        error_from_response=error_from_response,
+        params=params,
+    ):
+        yield piece
 
 
-def _events(deployment: Deployment, parser: SSEParser, raw: bytes) -> list[StreamPiece]:
-    try:
-        events = parser.feed(raw)
-    except ValueError as exc:
-        raise ProviderServerError(f"{deployment.name}: {exc}") from exc
-    return [piece for data in events if (piece := _piece(deployment, data)) is not None]
-
-
-def _close(deployment: Deployment, parser: SSEParser) -> list[StreamPiece]:
-    return [piece for data in parser.close() if (piece := _piece(deployment, data)) is not None]
-
-
-def _piece(deployment: Deployment, data: bytes) -> StreamPiece | None:
+def _pieces(deployment: Deployment, data: bytes) -> list[StreamPiece]:
+    """The chunk in one SSE event's data, untouched (none for the `[DONE]` sentinel)."""
     if data == b"[DONE]":
-        return None
+        return []
     try:
         chunk = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
@@ -78,4 +58,4 @@ def _piece(deployment: Deployment, data: bytes) -> StreamPiece | None:
     if "error" in chunk:
         raise ProviderServerError(f"{deployment.name}: the stream reported an error")
     usage = usage_from_openai(chunk["usage"]) if isinstance(chunk.get("usage"), dict) else None
-    return StreamPiece(data=data, usage=usage)
+    return [StreamPiece(data=data, usage=usage)]

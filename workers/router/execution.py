@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -206,7 +206,7 @@ class Executor:
     ) -> Execution:
         """Run the envelope's plan. With `emit`, a `stream: true` request is streamed:
         each chunk is handed to `emit` (in order) as it arrives from the provider."""
-        execution_id = uuid.uuid4().hex[:16]
+        execution_id = os.urandom(8).hex()  # 16 hex digits; uuid4 cost ~4 % of the router
         attempts: list[Attempt] = []
         if envelope["mode"] == "sync" and self.clock_ms() > envelope["deadline_ms"]:
             # Nobody waits any more: the ingress already answered 504. Spend nothing.
@@ -307,7 +307,7 @@ class Executor:
 
     def failed_result(self, envelope: RequestEnvelope, error: TollwayError) -> Result:
         """A failed result for an envelope whose execution could not even start or finish."""
-        return self._failed(envelope, uuid.uuid4().hex[:16], error, [])
+        return self._failed(envelope, os.urandom(8).hex(), error, [])
 
     def _failed(
         self,

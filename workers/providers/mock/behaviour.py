@@ -21,6 +21,13 @@ anything else               200 completion after ``settings.latency_ms``
 ``mock-content-filter``     400 ``content_filter``
 ==========================  ====================================================
 
+Tool calls (OpenAI request shape): a request with ``tools`` of ``{"type": "function"}``
+whose last message is not a ``tool`` result, and whose ``tool_choice`` is not
+``"none"``, is answered with one call of the chosen function (``tool_choice``'s, else
+the first), its arguments built from the schema's required properties (see
+``tool_call_for``); once the tool's result is in the conversation, the mock answers in
+text. Other request shapes (Anthropic, Gemini tools) get text answers.
+
 A name with one of the prefixes above but an unusable parameter (``mock-slow-abc``,
 ``mock-error-200``) answers 400 ``invalid_mock_model`` rather than a normal reply, so
 a typo in a test fails loudly instead of silently passing.
@@ -32,6 +39,7 @@ Every outcome, errors included, waits the model's latency first.
 
 from __future__ import annotations
 
+import json
 import math
 import zlib
 from collections.abc import Mapping, Sequence
@@ -120,6 +128,15 @@ class Scenario:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One function call the mock answers with: ``arguments`` is a JSON object as text."""
+
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
 class Reply:
     """A normal completion's content and token counts.
 
@@ -129,6 +146,7 @@ class Reply:
         prompt_tokens: deterministic estimate of the request's prompt size, in tokens.
         completion_tokens: ``len(words)``, in tokens.
         finish_reason: ``"length"`` when ``max_tokens`` capped the reply, else ``"stop"``.
+        tool_call: a function call to answer with instead of text (OpenAI wire only).
     """
 
     words: tuple[str, ...]
@@ -136,6 +154,7 @@ class Reply:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: Literal["stop", "length"]
+    tool_call: ToolCall | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +245,12 @@ def decide(
         finish_reason = "length"
     words, content = _reply_text(_last_user_crc32(messages), settings.seed, completion_tokens)
     reply = Reply(
-        words, content, estimate_prompt_tokens(messages), completion_tokens, finish_reason
+        words,
+        content,
+        estimate_prompt_tokens(messages),
+        completion_tokens,
+        finish_reason,
+        tool_call_for(request, messages),
     )
     stream = request.get("stream") is True
     options = request.get("stream_options")
@@ -355,6 +379,57 @@ def _message_text(message: object) -> str:
         ]
         return "".join(texts)
     return ""
+
+
+_ARGUMENT_BY_TYPE: Final[Mapping[str, object]] = {
+    "string": "mock",
+    "integer": 1,
+    "number": 1,
+    "boolean": True,
+    "array": [],
+    "object": {},
+}
+
+
+def tool_call_for(request: Mapping[str, object], messages: Sequence[object]) -> ToolCall | None:
+    """The function call to answer with, or None (see the module docstring).
+
+    Arguments: each required property of the function's JSON schema gets a value of its
+    type (``"mock"``, ``1``, ``true``, ``[]``, ``{}``; null for anything else).
+    """
+    tools = request.get("tools")
+    choice = request.get("tool_choice")
+    if not isinstance(tools, list) or not tools or choice == "none":
+        return None
+    last = messages[-1]
+    if isinstance(last, dict) and last.get("role") == "tool":
+        return None
+    functions = {
+        function["name"]: function
+        for tool in tools
+        if isinstance(tool, dict)
+        and tool.get("type") == "function"
+        and isinstance(function := tool.get("function"), dict)
+        and isinstance(function.get("name"), str)
+    }
+    if not functions:
+        return None
+    name = next(iter(functions))
+    if isinstance(choice, dict) and isinstance(chosen := choice.get("function"), dict):
+        name = chosen.get("name") if chosen.get("name") in functions else name
+    schema = functions[name].get("parameters")
+    arguments: dict[str, object] = {}
+    if isinstance(schema, dict) and isinstance(schema.get("properties"), dict):
+        required = schema.get("required")
+        for prop in required if isinstance(required, list) else ():
+            spec = schema["properties"].get(prop)
+            kind = spec.get("type") if isinstance(spec, dict) else None
+            arguments[str(prop)] = (
+                _ARGUMENT_BY_TYPE.get(kind, None) if isinstance(kind, str) else None
+            )
+    text = json.dumps(arguments, separators=(",", ":"))
+    call_id = f"call_mock{zlib.crc32((str(name) + text).encode()) & 0xFFFFFFFF:08x}"
+    return ToolCall(call_id, str(name), text)
 
 
 def _last_user_crc32(messages: Sequence[object]) -> int:

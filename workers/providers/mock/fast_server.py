@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
 import os
-import signal
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -40,6 +38,7 @@ import httptools
 import orjson
 
 from workers.providers.mock.behaviour import Answer, Failure, MockSettings, decide, invalid_request
+from workers.providers.mock.until_signal import serve_until_signal
 from workers.providers.mock.wire import completion_body, error_body
 
 CHAT_PATH: Final = b"/v1/chat/completions"
@@ -239,20 +238,6 @@ async def serve(host: str, port: int, settings: MockSettings) -> None:
         await server.serve_forever()
 
 
-async def _serve_until_signal(host: str, port: int, settings: MockSettings) -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    server = asyncio.create_task(serve(host, port, settings))
-    stopper = asyncio.create_task(stop.wait())
-    await asyncio.wait((server, stopper), return_when=asyncio.FIRST_COMPLETED)
-    stopper.cancel()
-    server.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await server  # re-raises a start-up failure such as a port in use
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--host", default=os.environ.get("TOLLWAY_MOCK_FAST_HOST", "127.0.0.1"))
@@ -268,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     import uvloop
 
-    uvloop.run(_serve_until_signal(args.host, args.port, settings))
+    uvloop.run(serve_until_signal(serve(args.host, args.port, settings)))
 
 
 if __name__ == "__main__":

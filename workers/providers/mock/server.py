@@ -35,10 +35,8 @@ gave up (``mock-timeout``) is still counted, under the status it would have rece
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import os
-import signal
 import time
 from collections.abc import Callable, Mapping
 
@@ -56,6 +54,7 @@ from workers.providers.mock.behaviour import (
     invalid_request,
 )
 from workers.providers.mock.stream_plan import StreamPlan
+from workers.providers.mock.until_signal import serve_until_signal
 from workers.providers.mock.wire import completion_body, error_body, models_body, stream_chunks
 
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
@@ -156,23 +155,9 @@ def run(host: str, port: int, settings: MockSettings) -> None:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a pinned dependency
-        asyncio.run(_serve_until_signal(host, port, settings))
+        asyncio.run(serve_until_signal(serve(host, port, settings)))
     else:
-        uvloop.run(_serve_until_signal(host, port, settings))
-
-
-async def _serve_until_signal(host: str, port: int, settings: MockSettings) -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    server = asyncio.create_task(serve(host, port, settings))
-    stopper = asyncio.create_task(stop.wait())
-    await asyncio.wait((server, stopper), return_when=asyncio.FIRST_COMPLETED)
-    stopper.cancel()
-    server.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await server  # re-raises a start-up failure such as a port in use
+        uvloop.run(serve_until_signal(serve(host, port, settings)))
 
 
 class _Handlers:

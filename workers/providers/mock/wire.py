@@ -49,13 +49,26 @@ def completion_body(reply: Reply, model: str, response_id: str, created_s: int) 
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": reply.content, "refusal": None},
+                "message": _message(reply),
                 "logprobs": None,
-                "finish_reason": reply.finish_reason,
+                "finish_reason": "tool_calls" if reply.tool_call else reply.finish_reason,
             }
         ],
         "usage": usage(reply),
         "system_fingerprint": None,
+    }
+
+
+def _message(reply: Reply) -> JsonObject:
+    call = reply.tool_call
+    if call is None:
+        return {"role": "assistant", "content": reply.content, "refusal": None}
+    function = {"name": call.name, "arguments": call.arguments}
+    return {
+        "role": "assistant",
+        "content": None,
+        "refusal": None,
+        "tool_calls": [{"id": call.call_id, "type": "function", "function": function}],
     }
 
 
@@ -86,11 +99,24 @@ def stream_chunks(
         return body
 
     chunks = [chunk({"role": "assistant", "content": ""}, None)]
-    chunks.extend(
-        chunk({"content": word if position == 0 else f" {word}"}, None)
-        for position, word in enumerate(reply.words)
-    )
-    chunks.append(chunk({}, reply.finish_reason))
+    call = reply.tool_call
+    if call is not None:  # the name first, then the arguments (OpenAI splits them further)
+        head = {"index": 0, "id": call.call_id, "type": "function"}
+        chunks.append(
+            chunk(
+                {"tool_calls": [{**head, "function": {"name": call.name, "arguments": ""}}]}, None
+            )
+        )
+        chunks.append(
+            chunk({"tool_calls": [{"index": 0, "function": {"arguments": call.arguments}}]}, None)
+        )
+        chunks.append(chunk({}, "tool_calls"))
+    else:
+        chunks.extend(
+            chunk({"content": word if position == 0 else f" {word}"}, None)
+            for position, word in enumerate(reply.words)
+        )
+        chunks.append(chunk({}, reply.finish_reason))
     if include_usage:
         chunks.append(
             {
