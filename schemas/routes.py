@@ -80,6 +80,13 @@ class Deployment(BaseModel):
         default=None, description="Environment variable holding the API key."
     )
     timeout_s: Annotated[float, Field(gt=0, le=3600)] = 600.0
+    first_token_timeout_s: Annotated[float, Field(gt=0, le=3600)] | None = Field(
+        default=None,
+        description="Streamed calls: seconds until the first chunk arrives, else the call "
+        "fails as a retriable timeout and the plan falls over (nothing was relayed yet). "
+        "Unset: only `timeout_s` (the whole call) applies. The connect timeout is the "
+        "transport's (workers/providers/transport.py CONNECT_TIMEOUT_S, 10 s).",
+    )
     weight: Annotated[float, Field(ge=0, le=1_000_000)] = Field(
         default=1.0, description="Share of traffic under the `weighted` strategy."
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -123,3 +124,61 @@ async def test_a_failure_after_chunks_ends_the_plan(fail_after: int) -> None:
     assert execution.result["status"] == "failed"
     assert execution.result["error_type"] == "StreamBroken"
     assert len(execution.attempts) == 1  # b was never called
+
+
+class SlowFirstChunk(FakeStreamer):
+    """Deployment `a` waits `delay_s` before its first chunk; `closed` records the clean-up."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__({"a": ([_chunk("late")], None), "b": ([_chunk("from b")], None)})
+        self.delay_s = delay_s
+        self.closed: list[str] = []
+
+    async def chat_stream(
+        self, deployment: Deployment, request: dict[str, Any]
+    ) -> AsyncIterator[StreamPiece]:
+        try:
+            if deployment.name == "a":
+                await asyncio.sleep(self.delay_s)
+            async for piece in super().chat_stream(deployment, request):
+                yield piece
+        finally:
+            self.closed.append(deployment.name)
+
+
+def _routes_with_first_token_timeout(timeout_s: float) -> RoutesConfig:
+    slow_a = Deployment(name="a", base_url="http://a.invalid/v1", first_token_timeout_s=timeout_s)
+    return RoutesConfig(models={"m": ModelRoute(deployments=(slow_a, B))})
+
+
+async def test_no_first_chunk_in_time_fails_over_and_closes_the_upstream_stream() -> None:
+    provider = SlowFirstChunk(delay_s=5.0)
+    emitted: list[StreamChunk] = []
+    executor = Executor(
+        routes=_routes_with_first_token_timeout(0.05),
+        provider=provider,
+        router_id="r",
+        retry=RetryPolicy(retries_per_route=0),
+    )
+    execution = await executor.execute(_envelope(), emitted.append)
+    assert execution.result["deployment"] == "b"
+    assert [a["outcome"] for a in execution.attempts] == ["error", "ok"]
+    assert execution.attempts[0]["error_type"] == "ProviderTimeout"
+    assert [orjson.loads(c["data"])["choices"][0]["delta"]["content"] for c in emitted] == [
+        "from b"
+    ]
+    assert provider.closed == ["a", "b"]
+
+
+async def test_a_first_chunk_in_time_streams_normally() -> None:
+    provider = SlowFirstChunk(delay_s=0.0)
+    executor = Executor(
+        routes=_routes_with_first_token_timeout(5.0),
+        provider=provider,
+        router_id="r",
+        retry=RetryPolicy(retries_per_route=0),
+    )
+    emitted: list[StreamChunk] = []
+    execution = await executor.execute(_envelope(), emitted.append)
+    assert execution.result["deployment"] == "a"
+    assert len(emitted) == 1

@@ -33,6 +33,7 @@ from schemas.errors import (
     ProviderError,
     ProviderRateLimited,
     ProviderServerError,
+    ProviderTimeout,
     ResponseTooLarge,
     ServiceUnavailable,
     StreamBroken,
@@ -407,7 +408,7 @@ class StreamRelay:
         assembler = StreamAssembler()
         usage = None
         try:
-            async for piece in self._pieces(route):
+            async for piece in self._timed_pieces(route):
                 chunk = orjson.loads(piece.data)
                 assembler.add(chunk)
                 if piece.usage is not None:
@@ -433,6 +434,28 @@ class StreamRelay:
             usage=usage or ZERO_USAGE.copy(),
             served_model=str(completion.get("model") or route.model or ""),
         )
+
+    async def _timed_pieces(self, route: Deployment) -> AsyncIterator[StreamPiece]:
+        """`_pieces`, with the deployment's time-to-first-token bound on the first one."""
+        pieces = self._pieces(route)
+        try:
+            if route.first_token_timeout_s is not None:
+                try:
+                    async with asyncio.timeout(route.first_token_timeout_s):
+                        first = await anext(pieces)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError as exc:
+                    raise ProviderTimeout(
+                        f"{route.name}: no first chunk within {route.first_token_timeout_s} s"
+                    ) from exc
+                yield first
+            async for piece in pieces:
+                yield piece
+        finally:
+            aclose = getattr(pieces, "aclose", None)
+            if aclose is not None:
+                await aclose()  # release the upstream connection at once
 
     def _pieces(self, route: Deployment) -> AsyncIterator[StreamPiece]:
         chat_stream = getattr(self._provider, "chat_stream", None)
