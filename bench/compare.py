@@ -7,8 +7,9 @@ One command (`make bench-compare`, or `python bench/compare.py [--quick]`):
      mock (`tollway mock-provider`) for streaming; every system calls the same two;
   3. measures, each system alone on the machine (the mock aside): the mock directly,
      then Tollway (deploy.stack.Stack: Kafka, ingress, router, ClickHouse, loader,
-     cost and budget processors, batches worker, callbacks), then LiteLLM's proxy
-     (2 workers, no DB, no Redis);
+     cost and budget processors, batches worker, callbacks), then `tollway-core` (Kafka,
+     ingress and router only: the request path without the accounting pipeline; sync
+     ladder only), then LiteLLM's proxy (2 workers, no DB, no Redis);
   4. writes bench/out/compare.json and bench/RESULTS.md (bench/compare_render.py).
 
 Load is open loop at a constant arrival rate (bench/openloop.py), stepped up a
@@ -35,7 +36,7 @@ generator's thousands of client sockets once held a port above it);
 TOLLWAY_BENCH_LITELLM_VENV (.tollway/bench-litellm). Loopback only; the run stops at
 once if one of the HTTP ports is taken.
 
-    python bench/compare.py [--quick] [--systems mock,tollway,litellm[,tollway-core]]
+    python bench/compare.py [--quick] [--systems mock,tollway,tollway-core,litellm]
         [--scenarios sync,stream,cost-lag,batch,async,budget-lag] [--batch-n 50000]
 """
 
@@ -51,8 +52,8 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,13 @@ SYNC_LADDER = (10, 25, 50, 100, 200, 400, 800, 1600, 3200)
 """Requests/s per step: from a rate every gateway holds here (LiteLLM's proxy spends tens of
 ms of CPU per request on these 2 cores) up to more than the mock alone can be offered."""
 STREAM_LADDER = (10, 25, 50, 100, 200, 400, 800)
+DEFAULT_SYSTEMS = {
+    False: ("mock", "tollway", "tollway-core", "litellm"),
+    True: ("mock", "tollway", "litellm"),  # --quick: no core run
+}
+MOCK_CAP_RPS = {"sync": 1600.0, "stream": 400.0}
+"""The mock alone is measured up to these rates only (time: no gateway here came near them;
+a gateway step above them shows its latency without an `added` figure)."""
 
 
 @dataclass(frozen=True)
@@ -135,12 +143,12 @@ def make_plan(args: argparse.Namespace) -> Plan:
     quick = bool(args.quick)
     return Plan(
         quick=quick,
-        systems=tuple(args.systems.split(",")),
+        systems=tuple(args.systems.split(",")) if args.systems else DEFAULT_SYSTEMS[quick],
         scenarios=tuple(args.scenarios.split(",")),
         step_s=args.step_s or (2.5 if quick else 5.0),
         warmup_s=0.5 if quick else 1.0,
-        sync_rates=_rates(args.sync_rates, (25, 100, 400) if quick else SYNC_LADDER),
-        stream_rates=(10, 25) if quick else STREAM_LADDER,
+        sync_rates=_rates(args.sync_rates, (25, 100) if quick else SYNC_LADDER),
+        stream_rates=(10,) if quick else STREAM_LADDER,
         async_rates=(250,) if quick else (100, 250, 500, 1000, 2000, 4000, 8000),
         async_step_s=2.5 if quick else 4.0,
         bulk_n=args.bulk_n or (2_000 if quick else 10_000),
@@ -155,9 +163,6 @@ def make_plan(args: argparse.Namespace) -> Plan:
 
 
 # --- measurement -----------------------------------------------------------------------
-
-
-Pids = Callable[[], dict[str, int]]
 
 
 def cpu_snapshot(pids: dict[str, int]) -> dict[str, float]:
@@ -194,7 +199,8 @@ def climb(
 
     An open loop leaves a broken system with a backlog (requests the client gave up on
     are still served): with `idle_cores` given, wait until the processes are back near
-    their idle CPU before returning, so the next scenario starts clean (`drain_s`).
+    their idle CPU (`drain_s`) and answer single requests fast again (`recover_s`)
+    before returning, so the next scenario starts clean.
     """
     steps: list[dict[str, Any]] = []
     for rate in rates:
@@ -214,6 +220,7 @@ def climb(
         if not step_held(step):
             if idle_cores is not None:
                 steps[-1]["drain_s"] = drain(pids, idle_cores)
+                steps[-1]["recover_s"] = wait_responsive(url, model)
             break
         time.sleep(1.0)
     return steps
@@ -226,6 +233,28 @@ def drain(pids: dict[str, int], idle_cores: float, timeout_s: float = 180.0) -> 
         busy = sum(idle_cpu(pids, 1.0).values())
         if busy <= idle_cores + 0.25:
             break
+    return round(time.monotonic() - start, 1)
+
+
+def wait_responsive(url: str, model: str, timeout_s: float = 120.0) -> float:
+    """Seconds until 3 sequential requests in a row are answered 200 within 500 ms.
+
+    Idle CPU alone does not prove a broken gateway has recovered (a worker may still
+    hold a queue of requests whose clients gave up): the next scenario starts only
+    once single requests are fast again, or after `timeout_s` (then it says so).
+    """
+    body = openloop.request_body(model, "sync")
+    start = time.monotonic()
+    good = 0
+    with httpx.Client(timeout=10.0, headers=openloop.HEADERS) as client:
+        while good < 3 and time.monotonic() - start < timeout_s:
+            t0 = time.monotonic()
+            try:
+                ok = client.post(url, content=body).status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            good = good + 1 if ok and time.monotonic() - t0 < 0.5 else 0
+            time.sleep(0.2)
     return round(time.monotonic() - start, 1)
 
 
@@ -319,20 +348,21 @@ def mock_chat_url(stream: bool) -> str:
 
 
 def run_mock(plan: Plan, mocks: Mocks) -> dict[str, Any]:
+    """The reference: the mock called directly at every ladder rate up to MOCK_CAP_RPS."""
     out: dict[str, Any] = {"load_avg_at_start": os.getloadavg()}
     if "sync" in plan.scenarios:
         warm(mock_chat_url(False), "sync", MODEL)
         out["sync"] = climb(
             "mock", mock_chat_url(False), {"mock-fast": mocks.pids()["mock-fast"]},
-            plan.sync_rates, mode="sync", model=MODEL, duration_s=plan.step_s,
-            warmup_s=plan.warmup_s, idle_cores=0.0,
+            [r for r in plan.sync_rates if r <= MOCK_CAP_RPS["sync"]], mode="sync",
+            model=MODEL, duration_s=plan.step_s, warmup_s=plan.warmup_s, idle_cores=0.0,
         )  # fmt: skip
     if "stream" in plan.scenarios:
         warm(mock_chat_url(True), "stream", STREAM_MODEL)
         out["stream"] = climb(
             "mock", mock_chat_url(True), {"mock-aiohttp": mocks.pids()["mock-aiohttp"]},
-            plan.stream_rates, mode="stream", model=STREAM_MODEL, duration_s=plan.step_s,
-            warmup_s=plan.warmup_s, idle_cores=0.0,
+            [r for r in plan.stream_rates if r <= MOCK_CAP_RPS["stream"]], mode="stream",
+            model=STREAM_MODEL, duration_s=plan.step_s, warmup_s=plan.warmup_s, idle_cores=0.0,
         )  # fmt: skip
     return out
 
@@ -434,13 +464,15 @@ def run_tollway(plan: Plan, core: bool = False) -> dict[str, Any]:
         system.start()
         out["start_s"] = round(time.monotonic() - t0, 1)
         pids = system.pids()
+        if core:  # the request path alone: its sync ladder is the figure wanted
+            core_plan = replace(plan, scenarios=("sync",), settle_s=min(plan.settle_s, 6.0))
+            out.update(ladders(label, system.url + CHAT_PATH, pids, core_plan))
+            return out
         out.update(ladders(label, system.url + CHAT_PATH, pids, plan))
-        if plan.profile and not core:
+        if plan.profile:
             held = [s["rate_rps"] for s in out.get("sync", []) if s["held"]]
             rate = min(100.0, max(held)) if held else plan.sync_rates[0]
             out["profile"] = profile(system.url + CHAT_PATH, pids, rate, plan)
-        if core:
-            return out
         if "cost-lag" in plan.scenarios:
             out["cost_lag"] = asyncio.run(cost_lag(system.url, plan.cost_lag_s))
             print(f"  tollway cost lag: {out['cost_lag']}", file=sys.stderr, flush=True)
@@ -735,7 +767,9 @@ def tollway_version() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="smoke run, < 3 minutes")
-    parser.add_argument("--systems", default="mock,tollway,litellm")
+    parser.add_argument(
+        "--systems", default="", help="default mock,tollway,tollway-core,litellm (quick: no core)"
+    )
     parser.add_argument("--scenarios", default="sync,stream,cost-lag,batch,async,budget-lag")
     parser.add_argument("--step-s", type=float, default=0.0, help="measured seconds per step")
     parser.add_argument("--sync-rates", default="", help="sync ladder, e.g. 25,50,100")
@@ -759,7 +793,7 @@ def main() -> None:
     )  # fmt: skip  (Kafka's: kafka.sh reset stops this bench's own broker if one is left)
     started = time.monotonic()
     report: dict[str, Any] = {
-        "command": "python bench/compare.py " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python bench/compare.py", *sys.argv[1:]]),
         "machine": machine(),
         "load_avg_at_start": os.getloadavg(),
         "plan": dict(plan.__dict__),
@@ -779,7 +813,7 @@ def main() -> None:
         if "tollway" in plan.systems:
             print("tollway", file=sys.stderr, flush=True)
             report["systems"]["tollway"] = run_tollway(plan)
-        if "tollway-core" in plan.systems:
+        if "tollway-core" in plan.systems and "sync" in plan.scenarios:
             print("tollway-core", file=sys.stderr, flush=True)
             report["systems"]["tollway-core"] = run_tollway(plan, core=True)
         if "litellm" in plan.systems and venv is not None:

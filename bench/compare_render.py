@@ -218,7 +218,10 @@ def _ladder_rows(report: Mapping[str, Any], system: str, scenario: str) -> list[
                 "n/a" if added is None
                 else f"{added['p50_ms']:.1f} / {added['p95_ms']:.1f} / {added['p99_ms']:.1f}"
             ),
-            "yes" if step["held"] else "**broke**",
+            "yes" if step["held"] else "**broke**" + (
+                f" (recovered in {step['drain_s'] + step['recover_s']:.0f} s)"
+                if "recover_s" in step else ""
+            ),
         ])  # fmt: skip
     return rows
 
@@ -321,6 +324,8 @@ def _cpu_rss_section(report: Mapping[str, Any]) -> list[str]:
              None if sus is None else sus["cpu_s_per_request"].get(name, 0) * 1000]
             for name in names
         ]  # fmt: skip
+        rows.append(["**total** (without the load generator)", total_cpu_ms(at_common),
+                     total_cpu_ms(sus)])  # fmt: skip
         out += [f"**{system}** (sync; CPU ms per request; the process tree, children included)", ""]
         out += _table(
             ["process", f"at {_fmt(rate, 0)} req/s",
@@ -352,7 +357,8 @@ def render(report: Mapping[str, Any]) -> str:
         f"Python {m.get('python')}",
         f"- Load average (1/5/15 min) at start: {_load(report.get('load_avg_at_start'))}; "
         f"at end: {_load(report.get('load_avg_at_end'))} "
-        "(other work on the machine; per system below)",
+        "(Linux counts runnable threads: this run's own and other work on the machine; "
+        "per system below, taken just before it starts)",
         f"- Versions: Tollway `{versions.get('tollway')}`, LiteLLM `{versions.get('litellm')}` "
         "(`litellm[proxy]`, own venv, 2 workers, no DB, no Redis, retries off, logging ERROR)",
         f"- Mock provider: {plan.get('mock_latency_ms')} ms latency; the raw-asyncio mock "
@@ -403,8 +409,8 @@ def render(report: Mapping[str, Any]) -> str:
     if tollway.get("async_single"):
         lines += ["Single requests, open loop, `POST /v1/async/chat/completions` -> 202:", ""]
         lines += _table(
-            ["rate", "offered/s", "accepted/s", "errors", "p50", "p95", "p99", "-", "held"],
-            _ladder_rows(report, "tollway", "async_single"),
+            ["rate", "offered/s", "accepted/s", "errors", "p50", "p95", "p99", "held"],
+            [row[:7] + row[8:] for row in _ladder_rows(report, "tollway", "async_single")],
         )
         lines.append("")
     bulk = tollway.get("async_bulk")

@@ -383,3 +383,9 @@ def test_render_says_why_there_is_no_profile() -> None:
     r = report()
     r["systems"]["tollway"]["profile"] = {"status": "not run: py-spy is not installed"}
     assert "Profile not run: py-spy is not installed." in compare_render.render(r)
+
+
+def test_a_broken_step_says_how_long_the_gateway_took_to_recover() -> None:
+    r = report()
+    r["systems"]["litellm"]["sync"][-1].update(drain_s=3.0, recover_s=2.4)
+    assert "| **broke** (recovered in 5 s) |" in compare_render.render(r)
