@@ -12,6 +12,7 @@ import asyncio
 import signal
 import time
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import anthropic
@@ -63,8 +64,16 @@ async def results_per_id(bootstrap: str, ids: set[str], timeout_s: float) -> Cou
     return counts
 
 
-def test_the_openai_sdk_gets_a_chat_completion_through_kafka(stack: Stack) -> None:
-    client = OpenAI(base_url=f"{stack.url}/v1", api_key="any", max_retries=0)
+@pytest.fixture
+def openai_client(stack: Stack) -> Iterator[OpenAI]:
+    """An SDK client closed after the test: a pooled socket left to the collector
+    surfaces later as a ResourceWarning in whichever test is running (an error here)."""
+    with OpenAI(base_url=f"{stack.url}/v1", api_key="any", max_retries=0) as client:
+        yield client
+
+
+def test_the_openai_sdk_gets_a_chat_completion_through_kafka(openai_client: OpenAI) -> None:
+    client = openai_client
     raw = client.chat.completions.with_raw_response.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "Hello"}]
     )
@@ -176,8 +185,8 @@ async def test_sigkill_of_a_router_mid_run_loses_no_accepted_request(
     stack.restart("router-1")
 
 
-def test_the_openai_sdk_streams_through_kafka(stack: Stack) -> None:
-    client = OpenAI(base_url=f"{stack.url}/v1", api_key="any", max_retries=0)
+def test_the_openai_sdk_streams_through_kafka(openai_client: OpenAI) -> None:
+    client = openai_client
     stream = client.chat.completions.create(
         model="gpt-4o-mini",
         messages=[{"role": "user", "content": "Hello"}],
@@ -197,8 +206,8 @@ SMALL_NANO_USD_PER_TOKEN = 20
 """text-embedding-3-small: USD 0.02 per 1M input tokens (workers/cost/catalogue.json)."""
 
 
-def test_the_openai_sdk_creates_embeddings_through_kafka(stack: Stack) -> None:
-    client = OpenAI(base_url=f"{stack.url}/v1", api_key="any", max_retries=0)
+def test_the_openai_sdk_creates_embeddings_through_kafka(openai_client: OpenAI) -> None:
+    client = openai_client
     # The SDK asks for base64 unless told otherwise and decodes it: the default path.
     raw = client.embeddings.with_raw_response.create(
         model="text-embedding-3-small", input=["hello", "world", "hello"]
@@ -226,8 +235,8 @@ def test_the_openai_sdk_creates_embeddings_through_kafka(stack: Stack) -> None:
     assert "text-embedding-3-small" in {m.id for m in client.models.list().data}
 
 
-def test_limits_are_clear_400s_and_the_largest_answer_crosses_kafka(stack: Stack) -> None:
-    client = OpenAI(base_url=f"{stack.url}/v1", api_key="any", max_retries=0)
+def test_limits_are_clear_400s_and_the_largest_answer_crosses_kafka(openai_client: OpenAI) -> None:
+    client = openai_client
     with pytest.raises(openai.BadRequestError) as too_many:
         client.embeddings.create(model="text-embedding-3-small", input=["x"] * 2049, dimensions=4)
     assert "at most 2048" in str(too_many.value)
@@ -289,8 +298,10 @@ WEATHER_FUNCTION = {
 }
 
 
-def test_the_openai_sdk_completes_a_tool_call_round_trip_through_kafka(stack: Stack) -> None:
-    client = OpenAI(base_url=f"{stack.url}/v1", api_key="any", max_retries=0)
+def test_the_openai_sdk_completes_a_tool_call_round_trip_through_kafka(
+    openai_client: OpenAI,
+) -> None:
+    client = openai_client
     tools: list[Any] = [{"type": "function", "function": WEATHER_FUNCTION}]
     question: Any = {"role": "user", "content": "Weather in Paris?"}
     first = client.chat.completions.create(model="gpt-4o-mini", messages=[question], tools=tools)
@@ -325,7 +336,11 @@ def test_the_openai_sdk_completes_a_tool_call_round_trip_through_kafka(stack: St
 
 
 def test_the_anthropic_sdk_completes_a_tool_use_through_kafka(stack: Stack) -> None:
-    client = anthropic.Anthropic(base_url=stack.url, api_key="any", max_retries=0)
+    with anthropic.Anthropic(base_url=stack.url, api_key="any", max_retries=0) as client:
+        _anthropic_tool_use_round_trip(client)
+
+
+def _anthropic_tool_use_round_trip(client: anthropic.Anthropic) -> None:
     tool: Any = {
         "name": "get_weather",
         "description": "Weather for a city",
