@@ -145,7 +145,7 @@ async def sdk(harness: Harness) -> AsyncIterator[openai.AsyncOpenAI]:
 
 
 async def wait_for(
-    sdk: openai.AsyncOpenAI, batch_id: str, done: Callable[[Batch], bool], timeout_s: float = 40
+    sdk: openai.AsyncOpenAI, batch_id: str, done: Callable[[Batch], bool], timeout_s: float = 90
 ) -> Batch:
     deadline = time.monotonic() + timeout_s
     while True:
