@@ -6,6 +6,7 @@ tollway router             a routing worker (settings: TOLLWAY_ROUTER_*)
 tollway mock-provider      the mock LLM provider (OpenAI wire format)
 tollway kafka start|stop|status|reset
 tollway topics             create Tollway's topics (idempotent)
+tollway teams|keys|budgets the admin API from a shell (deploy/admin_cli.py)
 """
 
 from __future__ import annotations
@@ -108,13 +109,15 @@ _QUICKSTART = """
 Tollway is up: {url}
   logs: {logs}
   webhooks: {webhooks} (signing secret and endpoints; edit, then restart)
+  {auth}
 
   curl {url}/v1/chat/completions -H 'content-type: application/json' \\
+    -H 'authorization: Bearer {api_key}' \\
     -d '{{"model": "gpt-4o-mini", "messages": [{{"role": "user", "content": "Hello"}}]}}'
 
   python - <<'PY'
   from openai import OpenAI
-  client = OpenAI(base_url="{url}/v1", api_key="any")
+  client = OpenAI(base_url="{url}/v1", api_key="{api_key}")
   reply = client.chat.completions.create(
       model="gpt-4o-mini", messages=[{{"role": "user", "content": "Hello"}}])
   print(reply.choices[0].message.content)
@@ -125,9 +128,13 @@ Ctrl-C stops everything.
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    from deploy.stack import Stack, StackError, kafka, start_kafka
+    from deploy.local_tenancy import auth_summary
+    from deploy.stack import STATE_DIR, Stack, StackError, kafka, start_kafka
+    from workers.tenancy.pepper_file import FILE_NAME, ensure_pepper_file
 
     use_mock = not os.environ.get("OPENAI_API_KEY")
+    if not os.environ.get("TOLLWAY_KEY_PEPPER"):  # every component inherits it
+        os.environ["TOLLWAY_KEY_PEPPER"] = ensure_pepper_file(STATE_DIR / FILE_NAME)
     stack = Stack(
         ingress_port=args.port,
         mock_port=args.mock_port,
@@ -149,7 +156,13 @@ def _cmd_up(args: argparse.Namespace) -> int:
         print(f"Kafka ready at {bootstrap}; starting Tollway processes...", flush=True)
         stack.start(bootstrap)
         print(
-            _QUICKSTART.format(url=stack.url, logs=stack.log_dir, webhooks=stack.webhooks_file),
+            _QUICKSTART.format(
+                url=stack.url,
+                logs=stack.log_dir,
+                webhooks=stack.webhooks_file,
+                api_key=stack.api_key or "any",
+                auth=auth_summary(stack.auth),
+            ),
             flush=True,
         )
         while not stopping:
@@ -205,6 +218,9 @@ def parser() -> argparse.ArgumentParser:
     from analytics.cli import add_commands as add_analytics_commands
 
     add_analytics_commands(sub)
+    from deploy.admin_cli import add_commands as add_admin_commands
+
+    add_admin_commands(sub)
     sub.add_parser("cost-processor", help="price provider calls (faust)").set_defaults(
         func=_cmd_cost
     )

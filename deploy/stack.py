@@ -3,6 +3,10 @@
 Every component runs as its own OS process (`python -m deploy.cli <component>`),
 exactly as it would be deployed, with its output in `.tollway/logs/`. Kafka is
 started by `deploy/kafka/kafka.sh` (Apache Kafka jars from Maven Central).
+
+Authentication: virtual keys (`TOLLWAY_AUTH=keys`) unless the environment or
+`extra_env` says `TOLLWAY_AUTH=open`; the stack then makes team `default` and one key
+for it under the state directory (deploy/local_tenancy.py) and keeps it in `api_key`.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import IO
 
 import httpx
 
+from deploy.local_tenancy import LocalAuth, local_auth
 from deploy.topics import ensure_topics
 from schemas.batch_topics import ALL_BATCH_AND_CALLBACK_TOPICS
 from schemas.topics import ALL_TOPICS
@@ -117,15 +122,24 @@ class Stack:
     """Created once (0600, a fresh `whsec_` secret for team `default`) unless
     TOLLWAY_CALLBACKS_WEBHOOKS_FILE names another (workers/callbacks/webhooks_file.py)."""
     components: list[Component] = field(default_factory=list)
+    auth: LocalAuth | None = None
+    """Set by `plan`: the auth mode, and in keys mode the key of team `default`."""
+
+    @property
+    def api_key(self) -> str | None:
+        """The virtual key of team `default` (keys mode), None in open mode or before `plan`."""
+        return None if self.auth is None else self.auth.api_key
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.ingress_port}"
 
     def plan(self, bootstrap: str) -> list[Component]:
+        self.auth = local_auth(STATE_DIR, {**os.environ, **self.extra_env})
         env = {
             "TOLLWAY_KAFKA_BOOTSTRAP": bootstrap,
             "TOLLWAY_BATCHES_STORE_DIR": str(STATE_DIR / "files"),
+            **self.auth.env,
             **self.extra_env,
         }
         if self.use_mock:
@@ -170,7 +184,7 @@ class Stack:
             Component(
                 "ingress",
                 ["ingress"],
-                {**env, "TOLLWAY_INGRESS_PORT": str(self.ingress_port)},
+                {**env, **self.auth.ingress_env, "TOLLWAY_INGRESS_PORT": str(self.ingress_port)},
                 f"{self.url}/readyz",
             )
         )

@@ -7,9 +7,10 @@
 
 The translations are pure (`anthropic_format.py` for the request, `anthropic_answer.py`
 for the answer); this module only moves bytes. Every error, from validation to a
-failed result, is an Anthropic error body with the status Tollway chose. `x-api-key`
-and `anthropic-version` are accepted and not checked yet (tenancy comes with virtual
-keys). Wiring: `build_app(..., extra_routes=[anthropic_routes])`.
+failed result, is an Anthropic error body with the status Tollway chose. The virtual
+key comes as `x-api-key` (the SDK's way) or `Authorization: Bearer` (ingress/auth.py);
+`anthropic-version` is accepted and not checked.
+Wiring: `build_app(..., extra_routes=[anthropic_routes])`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from ingress.app import REQUEST_ID_HEADER, Ingress, json_response, read_body
 from ingress.bus import StreamItem
 from schemas.errors import DeadlineExceeded, TollwayError
 from schemas.records import Result
+from workers.router.rate_limits import RETRY_AFTER_KEY
 
 ANTHROPIC_REQUEST_ID_HEADER = "request-id"
 """Anthropic's own request id header; the SDK exposes it as `message._request_id`."""
@@ -65,6 +67,9 @@ def result_response(result: Result) -> Response:
     headers = {**_id_headers(request_id), "x-tollway-attempts": str(result["attempts"])}
     if result["deployment"]:
         headers["x-tollway-deployment"] = result["deployment"]
+    retry_after = result["metadata"].get(RETRY_AFTER_KEY)  # a router's 429/503 (0009, 0014)
+    if retry_after is not None:
+        headers["retry-after"] = retry_after
     if result["status"] == "failed":
         body = error_from_openai(result["body"], result["http_status"], request_id)
         return json_response(body, result["http_status"], headers)
@@ -86,21 +91,32 @@ class MessagesApi:
         self.ingress = ingress
 
     async def create(self, request: Request) -> Response:
+        headers: dict[str, str] = {}  # from admission: x-tollway-budget-warning (soft budget)
         try:
             body = await read_body(request, self.ingress.settings.max_body_bytes)
+            principal, context = self.ingress.identify(request)
             chat = to_chat_request(parse_messages_request(body))
             request_id, waiter = await self.ingress.submit(
-                orjson.dumps(chat), "sync", endpoint=MESSAGES_ENDPOINT
+                orjson.dumps(chat),
+                "sync",
+                principal=principal,
+                context=context,
+                endpoint=MESSAGES_ENDPOINT,
+                response_headers=headers,
             )
         except TollwayError as exc:
             return error_response(exc)
         if isinstance(waiter, asyncio.Queue):
-            return await self._stream(request_id, chat["model"], waiter)
-        try:
-            result = await self.ingress.wait(request_id, waiter)
-        except TollwayError as exc:
-            return error_response(exc, request_id)
-        return result_response(result)
+            response = await self._stream(request_id, chat["model"], waiter)
+        else:
+            try:
+                result = await self.ingress.wait(request_id, waiter)
+            except TollwayError as exc:
+                response = error_response(exc, request_id)
+            else:
+                response = result_response(result)
+        response.headers.update(headers)
+        return response
 
     async def _stream(
         self, request_id: str, model: str, queue: asyncio.Queue[StreamItem]

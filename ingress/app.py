@@ -10,8 +10,13 @@
 Handlers are thin: validation is `admission.py`, transport is a `Bus`. A 2xx
 or 202 is sent only after the record is acknowledged by Kafka (acks=all); if
 Kafka cannot take it the answer is 503 and nothing was accepted. Every error is
-an OpenAI error body. Tenancy arrives with virtual keys; until then every
-caller belongs to the team `default`.
+an OpenAI error body.
+
+Tenancy: `AuthMiddleware` (ingress/auth.py) resolves the caller's virtual key to a
+`Principal` before any handler runs; every handler acts for that team and key only.
+Another team's async request ids answer 404 (ids are signed per team, ingress/ids.py),
+never 403, so an id's existence does not leak. Governance (approved models,
+denial-of-wallet caps, the queue cap) is `gatekeeper.py`.
 """
 
 from __future__ import annotations
@@ -20,13 +25,14 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
@@ -38,10 +44,19 @@ from ingress.admission import (
     build_envelope,
     parse_chat_request,
 )
+from ingress.auth import (
+    Authenticator,
+    AuthMiddleware,
+    Principal,
+    open_authenticator,
+    principal_in,
+)
 from ingress.bus import Bus, StreamItem, wait_reply
 from ingress.embeddings import parse_embeddings_request
+from ingress.gatekeeper import Gatekeeper, RequestContext
 from ingress.idempotency import SEED_SCOPE_KEY
 from ingress.ids import new_request_id, verify_request_id
+from ingress.queue_limit import TeamQueues
 from ingress.settings import IngressSettings
 from schemas import topics
 from schemas.errors import (
@@ -53,16 +68,17 @@ from schemas.errors import (
     TollwayError,
 )
 from schemas.openai import EMBEDDINGS_ENDPOINT
-from schemas.records import Mode, Result
+from schemas.records import BatchState, Mode, Result
 from schemas.routes import RoutesConfig
+from workers.cache.canonical import CACHE_HEADER, CACHE_STATUS_KEY, cache_control_metadata
 from workers.callbacks.events import (
     CALLBACK_URL_KEY,
     RESERVED_PREFIX,
     InvalidCallbackUrl,
     validate_callback_url,
 )
+from workers.router.rate_limits import RETRY_AFTER_KEY
 
-DEFAULT_TEAM = "default"
 REQUEST_ID_HEADER = "x-tollway-request-id"
 
 
@@ -86,6 +102,12 @@ def result_response(result: Result) -> Response:
     }
     if result["deployment"]:
         headers["x-tollway-deployment"] = result["deployment"]
+    retry_after = result["metadata"].get(RETRY_AFTER_KEY)  # a router's rate-limit 429 (0014)
+    if retry_after is not None:
+        headers["retry-after"] = retry_after
+    cache = result["metadata"].get(CACHE_STATUS_KEY)  # hit | semantic-hit | miss (0017)
+    if cache is not None:
+        headers[CACHE_HEADER] = cache
     return Response(result["body"], result["http_status"], headers, media_type="application/json")
 
 
@@ -139,6 +161,9 @@ class Ingress:
         bus: Bus,
         ingress_id: str,
         budgets: BudgetCheck | None = None,
+        *,
+        authenticator: Authenticator,
+        gatekeeper: Gatekeeper,
     ) -> None:
         self.settings = settings
         self.routes = routes
@@ -146,7 +171,14 @@ class Ingress:
         self.budgets = budgets
         """The budget-state view; None when no budgets are configured (nothing on the path)."""
         self.ingress_id = ingress_id
+        self.authenticator = authenticator
+        self.gatekeeper = gatekeeper
         self._secret = settings.id_secret.get_secret_value().encode()
+
+    @staticmethod
+    def identify(request: Request) -> tuple[Principal, RequestContext]:
+        """The authenticated caller and what the request's headers add (400 if malformed)."""
+        return principal_in(request.scope), RequestContext.from_headers(request.headers)
 
     async def _accept(
         self, request: Request, mode: Mode, headers: dict[str, str] | None = None
@@ -157,9 +189,17 @@ class Ingress:
         extra: dict[str, str] = {}
         if b'"callback_url"' in body:
             body, extra = take_callback_url(body, mode)
+        extra.update(cache_control_metadata(request.headers.get("cache-control")))
         seed = request.scope.get(SEED_SCOPE_KEY)  # set by the Idempotency-Key middleware
+        principal, context = self.identify(request)
         return await self.submit(
-            body, mode, extra_metadata=extra, id_seed=seed, response_headers=headers
+            body,
+            mode,
+            principal=principal,
+            context=context,
+            extra_metadata=extra,
+            id_seed=seed,
+            response_headers=headers,
         )
 
     async def submit(
@@ -167,43 +207,58 @@ class Ingress:
         body: bytes,
         mode: Mode,
         *,
+        principal: Principal,
+        context: RequestContext | None = None,
         endpoint: str = CHAT_ENDPOINT,
         extra_metadata: dict[str, str] | None = None,
         id_seed: str | None = None,
         response_headers: dict[str, str] | None = None,
     ) -> tuple[str, Any]:
-        """Validate a canonical (OpenAI-format) body and publish it durably.
+        """Validate a canonical (OpenAI-format) body for `principal` and publish it durably.
 
         Returns (request_id, waiter): for sync, the reply future or (stream) the
         chunk queue; None for async. Other API surfaces (e.g. Anthropic's
         /v1/messages) translate their body to the canonical one and call this.
         """
-        if endpoint == EMBEDDINGS_ENDPOINT:  # no stream, no metadata in this API
-            embed = parse_embeddings_request(body, self.routes, team_id=DEFAULT_TEAM, key_id=None)
-            model, stream, metadata = embed.model, False, {}
+        gate = self.gatekeeper
+        team_id, key_id = principal.team_id, principal.key_id
+        wallet = gate.wallet(principal)
+        wallet.check_input_bytes(len(body))
+        if endpoint == EMBEDDINGS_ENDPOINT:  # no stream, no client metadata in this API
+            embed = parse_embeddings_request(body, self.routes, team_id=team_id, key_id=key_id)
+            model, stream, metadata, user = embed.model, False, {}, embed.user
         else:
-            chat = parse_chat_request(body, self.routes, team_id=DEFAULT_TEAM, key_id=None)
+            chat = parse_chat_request(body, self.routes, team_id=team_id, key_id=key_id)
             model, stream, metadata = chat.model, bool(chat.stream), dict(chat.metadata or {})
+            user = chat.user
+            wallet.check_output_tokens(
+                {"max_tokens": chat.max_tokens, "max_completion_tokens": chat.max_completion_tokens}
+            )
         if stream and mode != "sync":
             raise InvalidRequest("stream=true needs the synchronous endpoint.", param="stream")
         if any(key.startswith(RESERVED_PREFIX) for key in metadata):
             raise InvalidRequest(
                 f"metadata keys starting with {RESERVED_PREFIX!r} are reserved.", param="metadata"
             )
+        context = context or RequestContext()
+        tags = gate.tags_for(principal, context, metadata)
+        gate.check_model(principal, model, tags)  # 403 model_not_allowed
+        metadata = gate.annotate(metadata, tags, gate.end_user_for(context, user))
         metadata.update(extra_metadata or {})
-        team_id = DEFAULT_TEAM
+        received = now_ms()
+        if mode == "async":
+            gate.check_async_queue(principal, received)  # 429 queue_limit_exceeded
         if self.budgets is not None:  # 429 / 503 raised here: nothing is published
-            admitted = apply_admission(self.budgets.check(team_id, None, model), body, metadata)
+            admitted = apply_admission(self.budgets.check(team_id, key_id, model), body, metadata)
             model, body, metadata = admitted.model, admitted.body, admitted.metadata
             if response_headers is not None:
                 response_headers.update(admitted.headers)
         request_id = new_request_id(self._secret, team_id, id_seed)
-        received = now_ms()
         deadline = received + int(self.settings.sync_timeout_s * 1000)
         envelope = build_envelope(
             request_id=request_id,
             team_id=team_id,
-            key_id=None,
+            key_id=key_id,
             mode=mode,
             model=model,
             body=body,
@@ -224,6 +279,8 @@ class Ingress:
         except BaseException:
             self.bus.forget_reply(request_id)
             raise
+        if mode == "async":
+            gate.async_accepted(principal, request_id, received)
         return request_id, waiter
 
     async def chat_completions(self, request: Request) -> Response:
@@ -303,9 +360,12 @@ class Ingress:
         """POST /v1/embeddings: sync only, the answer relayed as the provider gave it."""
         body = await read_body(request, self.settings.max_body_bytes)
         headers: dict[str, str] = {}
+        principal, context = self.identify(request)
         request_id, future = await self.submit(
             body,
             "sync",
+            principal=principal,
+            context=context,
             endpoint=EMBEDDINGS_ENDPOINT,
             id_seed=request.scope.get(SEED_SCOPE_KEY),
             response_headers=headers,
@@ -334,8 +394,9 @@ class Ingress:
 
     async def get_async_request(self, request: Request) -> Response:
         request_id = request.path_params["request_id"]
-        if not verify_request_id(self._secret, DEFAULT_TEAM, request_id):
-            raise NotFound(f"No request with id {request_id!r}.", param="request_id")
+        team_id = principal_in(request.scope).team_id
+        if not verify_request_id(self._secret, team_id, request_id):  # another team's: 404
+            raise NotFound("No request with this id.", param="request_id")
         result = await self.bus.lookup(request_id)
         if result is None:
             return json_response({"id": request_id, "object": "async.request", "status": "queued"})
@@ -356,10 +417,13 @@ class Ingress:
             }
         )
 
-    async def list_models(self, _: Request) -> Response:
+    async def list_models(self, request: Request) -> Response:
+        """The routing table's public names that this caller's policies approve."""
+        names = self.gatekeeper.visible_models(
+            principal_in(request.scope), self.routes.public_names()
+        )
         data = [
-            {"id": name, "object": "model", "created": 0, "owned_by": "tollway"}
-            for name in self.routes.public_names()
+            {"id": name, "object": "model", "created": 0, "owned_by": "tollway"} for name in names
         ]
         return json_response({"object": "list", "data": data})
 
@@ -408,16 +472,37 @@ def build_app(
     lifespan_hooks: tuple[Callable[[], Any], Callable[[], Any]] | None = None,
     extra_routes: Sequence[Callable[[Ingress], list[BaseRoute]]] = (),
     budgets: BudgetCheck | None = None,
+    authenticator: Authenticator | None = None,
+    batch_states: Callable[[str], Iterable[BatchState]] | None = None,
 ) -> Starlette:
     """The ASGI app. `lifespan_hooks` = (start, stop) coroutines for the bus;
     `extra_routes` = factories of more API surfaces built on the same `Ingress`;
-    `budgets` = the budget-state view (admission; /readyz waits for it), None = no budgets."""
+    `budgets` = the budget-state view (admission; /readyz waits for it), None = no budgets;
+    `authenticator` = who may call (ingress/auth.py): ingress/server.py always passes
+    the one `TOLLWAY_AUTH` chooses (keys by default); omitted, the app is in open mode
+    (every caller is team `default`: tests and embedding only);
+    `batch_states(team_id)` = a team's batches, for the queue cap (none when omitted)."""
+    authenticator = authenticator or open_authenticator()
+    queues = TeamQueues(
+        replicas=settings.replicas,
+        batch_states=batch_states or (lambda _: ()),
+        finished=bus.has_result,
+        max_age_ms=int(settings.queued_max_age_s * 1000),
+    )
+    gatekeeper = Gatekeeper(
+        routes=routes,
+        tag_policy=authenticator.tag_policy,
+        wallet_defaults=settings.wallet_defaults,
+        queues=queues,
+    )
     ingress = Ingress(
         settings,
         routes,
         bus,
         ingress_id or f"ingress-{os.getpid()}-{uuid.uuid4().hex[:6]}",
         budgets,
+        authenticator=authenticator,
+        gatekeeper=gatekeeper,
     )
 
     @asynccontextmanager
@@ -446,5 +531,6 @@ def build_app(
             HTTPException: _http_error,
             Exception: _unexpected,
         },
+        middleware=[Middleware(AuthMiddleware, authenticator=authenticator)],
         lifespan=lifespan,
     )

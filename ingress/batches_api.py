@@ -6,12 +6,15 @@
     POST /v1/batches/{batch_id}/cancel
 
 Creating a batch checks the input file (exists, this team's, purpose batch, at most
-`MAX_REQUESTS` requests), with budgets the team's hard budgets (429 `budget_exceeded`
-when one is spent, 503 when unknown; a warning header when the estimated cost exceeds
-what is left: workers/batches/budget.py), and writes the batch's first state (validating) to the
-compacted tollway.batch-state with acks=all before answering; a batch worker then
-expands and runs it. Reads come from `BatchView`, the ingress's materialised view
-of that topic (docs/decisions/0006-batches.md). Every error is an OpenAI error body.
+`MAX_REQUESTS` requests), with a `Gatekeeper` the caller's governance (the first line's
+model approved for the caller, lines under `max_batch_lines`, the team's queue under
+`max_queued_requests`: ingress/gatekeeper.py), with budgets the team's hard budgets
+(429 `budget_exceeded` when one is spent, 503 when unknown; a warning header when the
+estimated cost exceeds what is left: workers/batches/budget.py), and writes the batch's
+first state (validating) to the compacted tollway.batch-state with acks=all before
+answering; a batch worker then expands and runs it. Reads come from `BatchView`, the
+ingress's materialised view of that topic (docs/decisions/0006-batches.md). Every error
+is an OpenAI error body.
 """
 
 from __future__ import annotations
@@ -26,7 +29,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ingress.auth import principal_or_open
 from ingress.files_api import TeamOf, default_team
+from ingress.gatekeeper import Gatekeeper
+from ingress.queue_limit import BATCH_LINES_KEY
 from schemas.errors import BodyTooLarge, InvalidRequest, MalformedJSON, NotFound, TollwayError
 from schemas.records import BatchState
 from workers.batches import files
@@ -45,6 +51,8 @@ from workers.batches.state import (
 from workers.batches.view import BatchView
 
 MAX_CREATE_BODY_BYTES: Final = 64 * 1024
+KEY_ID_KEY: Final = "tollway.key_id"
+"""Batch metadata (reserved, hidden from the Batch object): the key that created it."""
 BUDGET_WARNING_HEADER: Final = "x-tollway-budget-warning"
 DEFAULT_PAGE: Final = 20
 MAX_PAGE: Final = 100
@@ -100,12 +108,14 @@ class BatchesApi:
         team_of: TeamOf = default_team,
         clock_ms: Callable[[], int] = wall_ms,
         budgets: BatchBudgets | None = None,
+        gatekeeper: Gatekeeper | None = None,
     ) -> None:
         self.store = store
         self.view = view
         self.team_of = team_of
         self.clock_ms = clock_ms
         self.budgets = budgets
+        self.gatekeeper = gatekeeper
 
     async def create(self, request: Request) -> Response:
         team_id = self.team_of(request)
@@ -116,12 +126,12 @@ class BatchesApi:
                 f"Unrecognized request argument supplied: {unknown[0]}", param=unknown[0]
             )
         endpoint = body.get("endpoint")
-        if endpoint not in SUPPORTED_ENDPOINTS:
+        if not isinstance(endpoint, str) or endpoint not in SUPPORTED_ENDPOINTS:
             raise InvalidRequest(
                 f"endpoint must be one of {sorted(SUPPORTED_ENDPOINTS)}.", param="endpoint"
             )
         window = body.get("completion_window")
-        if window not in COMPLETION_WINDOWS_S:
+        if not isinstance(window, str) or window not in COMPLETION_WINDOWS_S:
             raise InvalidRequest(
                 f"completion_window must be one of {sorted(COMPLETION_WINDOWS_S)}.",
                 param="completion_window",
@@ -147,12 +157,7 @@ class BatchesApi:
                     f"The input file has more than {MAX_REQUESTS} requests; split it.",
                     param="input_file_id",
                 )
-        headers: dict[str, str] = {}
-        if self.budgets is not None:  # 429 / 503 raised here: nothing is created
-            first = await asyncio.to_thread(_first_line, self.store, file_id)
-            warning = self.budgets.admit_create(team_id, first, meta["lines"])
-            if warning is not None:
-                headers[BUDGET_WARNING_HEADER] = warning.encode("ascii", "replace").decode()
+        metadata, headers = await self._admit(request, team_id, file_id, meta["lines"], metadata)
         state = new_batch(
             batch_id=files.new_batch_id(),
             team_id=team_id,
@@ -163,7 +168,33 @@ class BatchesApi:
             now_ms=self.clock_ms(),
         )
         await self.view.create(state)
+        if self.gatekeeper is not None:
+            self.gatekeeper.batch_created(principal_or_open(request.scope))
         return _json(to_openai(state), headers=headers)
+
+    async def _admit(
+        self, request: Request, team_id: str, file_id: str, lines: int, metadata: dict[str, str]
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """Governance, then budgets (each raises: nothing is created); returns the batch's
+        metadata (with the reserved keys the gatekeeper adds) and the response headers."""
+        headers: dict[str, str] = {}
+        first: FirstLine | None = None
+        if self.gatekeeper is not None:  # 400 / 403 / 429
+            principal = principal_or_open(request.scope)
+            self.gatekeeper.check_batch(principal, lines, self.clock_ms())
+            first = await asyncio.to_thread(_first_line, self.store, file_id)
+            if first is not None:
+                self.gatekeeper.check_model(principal, first.model, principal.caller.tags)
+            metadata = {**metadata, BATCH_LINES_KEY: str(lines)}
+            if principal.key_id is not None:
+                metadata[KEY_ID_KEY] = principal.key_id
+        if self.budgets is not None:  # 429 / 503
+            if first is None:
+                first = await asyncio.to_thread(_first_line, self.store, file_id)
+            warning = self.budgets.admit_create(team_id, first, lines)
+            if warning is not None:
+                headers[BUDGET_WARNING_HEADER] = warning.encode("ascii", "replace").decode()
+        return metadata, headers
 
     async def _state(self, request: Request) -> BatchState:
         batch_id = request.path_params["batch_id"]
@@ -216,9 +247,12 @@ def batches_routes(
     team_of: TeamOf = default_team,
     clock_ms: Callable[[], int] = wall_ms,
     budgets: BatchBudgets | None = None,
+    gatekeeper: Gatekeeper | None = None,
 ) -> list[Route]:
     """The Batches API routes, to be added to the ingress app."""
-    api = BatchesApi(store, view, team_of=team_of, clock_ms=clock_ms, budgets=budgets)
+    api = BatchesApi(
+        store, view, team_of=team_of, clock_ms=clock_ms, budgets=budgets, gatekeeper=gatekeeper
+    )
     return [
         Route("/v1/batches", api.create, methods=["POST"]),
         Route("/v1/batches", api.list, methods=["GET"]),

@@ -45,6 +45,11 @@ class Bus(Protocol):
         """The first result recorded for `request_id`, or None if there is none yet."""
         ...
 
+    def has_result(self, request_id: str) -> bool:
+        """True once a result for `request_id` is known to this replica (no I/O). Counts
+        async work as finished for the queue cap (ingress/queue_limit.py)."""
+        ...
+
 
 async def wait_reply(
     bus: Bus, future: asyncio.Future[Result], request_id: str, timeout_s: float
@@ -167,3 +172,6 @@ class MemoryBus(ReplyWaiters):
 
     async def lookup(self, request_id: str) -> Result | None:
         return self.results.get(request_id)
+
+    def has_result(self, request_id: str) -> bool:
+        return request_id in self.results

@@ -24,12 +24,12 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from ingress.auth import team_in_scope
 from schemas.errors import BodyTooLarge, InvalidRequest, NotFound
 from workers.batches import files
 from workers.batches.filestore import FileStore, FileWriter
 from workers.batches.jsonl import MAX_FILE_BYTES
 
-DEFAULT_TEAM: Final = "default"
 MAX_FIELD_BYTES: Final = 1024
 MAX_HEADER_BYTES: Final = 16 * 1024
 SUPPORTED_PURPOSES: Final = frozenset({"batch"})
@@ -45,8 +45,10 @@ def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def default_team(_: Request) -> str:
-    return DEFAULT_TEAM
+def default_team(request: Request) -> str:
+    """The authenticated caller's team (ingress/auth.py puts it in the scope; a file of
+    another team answers 404). Behind no AuthMiddleware: open mode's team `default`."""
+    return team_in_scope(request.scope)
 
 
 def _json(content: object, status: int = 200) -> Response:

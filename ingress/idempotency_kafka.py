@@ -23,12 +23,11 @@ themselves; readers also drop them at their `expires_at_ms`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -40,6 +39,7 @@ from schemas import codec, topics
 from schemas.errors import CorruptRecord, ServiceUnavailable
 from schemas.records import IdempotencyEntryRecord
 from schemas.settings import KafkaSettings
+from workers.topic_follower import TopicFollower
 
 log = logging.getLogger("tollway.ingress.idempotency")
 
@@ -108,9 +108,7 @@ class KafkaIdempotencyStore:
     """`IdempotencyStore` over tollway.idempotency. Clients are created in `start()`."""
 
     _producer: AIOKafkaProducer
-    _follower: AIOKafkaConsumer
     _fetcher: AIOKafkaConsumer
-    _offsets: AIOKafkaConsumer
 
     def __init__(
         self,
@@ -127,11 +125,18 @@ class KafkaIdempotencyStore:
         self.index: OrderedDict[str, _Indexed] = OrderedDict()
         self.evicted = 0
         self._tps = [TopicPartition(_TOPIC.name, p) for p in _PARTITIONS]
-        self._caught_up = False
         self._started = False
-        self._task: asyncio.Task[None] | None = None
         self._fetch_lock = asyncio.Lock()
-        self._tick = asyncio.Event()  # set (and replaced) after every read of the follower
+        self._next_purge_ms = 0
+        self._follower = TopicFollower(
+            kafka,
+            (_TOPIC,),
+            self._on_record,
+            client_id=client_id,
+            name="idempotency-index",
+            max_partition_fetch_bytes=2 * _MAX_RECORD_BYTES,
+            after_poll=self._after_poll,
+        )
 
     async def start(self) -> None:
         common = {"bootstrap_servers": self._kafka.bootstrap, "client_id": self._client_id}
@@ -143,43 +148,29 @@ class KafkaIdempotencyStore:
             max_request_size=_MAX_RECORD_BYTES,
             request_timeout_ms=self._kafka.request_timeout_ms,
         )
-        consumer_options = {
+        self._fetcher = AIOKafkaConsumer(
             **common,
-            "group_id": None,
-            "enable_auto_commit": False,
-            "auto_offset_reset": "earliest",
-            "max_partition_fetch_bytes": 2 * _MAX_RECORD_BYTES,
-        }
-        self._follower = AIOKafkaConsumer(**consumer_options)
-        self._fetcher = AIOKafkaConsumer(**consumer_options)
-        # End offsets are asked on a client of their own: a broker answers the requests of
-        # one connection in order, so behind the follower's long-polling fetch (up to
-        # 500 ms) they would wait for it. Measured: ~500 ms per new key, ~2 ms apart.
-        self._offsets = AIOKafkaConsumer(**consumer_options)
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=2 * _MAX_RECORD_BYTES,
+        )
         await self._producer.start()
-        for consumer in (self._follower, self._fetcher, self._offsets):
-            await consumer.start()
-        self._follower.assign(self._tps)
-        await self._follower.seek_to_beginning(*self._tps)
-        ends = await self._follower.end_offsets(self._tps)
-        self._task = asyncio.create_task(self._follow(ends), name="idempotency-index")
+        await self._fetcher.start()
+        await self._follower.start()
         self._started = True
 
     async def stop(self) -> None:
         if not self._started:
             return
         self._started = False
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        for consumer in (self._follower, self._fetcher, self._offsets):
-            await consumer.stop()
+        await self._follower.stop()
+        await self._fetcher.stop()
         await self._producer.stop()
 
     def ready(self) -> bool:
         """True once every record present at start has been indexed."""
-        return self._caught_up
+        return self._follower.ready()
 
     # --- IdempotencyStore ------------------------------------------------------------------
 
@@ -249,15 +240,9 @@ class KafkaIdempotencyStore:
         """Return once the index has read `partition` up to its end offset of now."""
         if not self._started:
             raise ServiceUnavailable("Kafka is not connected yet.", retry_after_s=1)
-        tp = self._tps[partition]
         try:
             async with asyncio.timeout(self.settings.catch_up_timeout_s):
-                end = (await self._offsets.end_offsets([tp]))[tp]
-                while True:
-                    tick = self._tick  # taken before the check: no wake-up is missed
-                    if await self._follower.position(tp) >= end:
-                        break
-                    await tick.wait()
+                await self._follower.catch_up([self._tps[partition]])
         except (KafkaError, TimeoutError) as exc:
             raise ServiceUnavailable(
                 "Idempotency keys cannot be checked right now (Kafka); retry later.",
@@ -284,43 +269,23 @@ class KafkaIdempotencyStore:
             ) from exc
         return None
 
-    async def _follow(self, ends: dict[TopicPartition, int]) -> None:
-        pending = {tp: end for tp, end in ends.items() if end > 0}
-        self._caught_up = not pending
-        next_purge_ms = 0
-        while True:
-            try:
-                batch = await self._follower.getmany(timeout_ms=500, max_records=5_000)
-            except KafkaError as exc:
-                log.warning("idempotency index: %r", exc)
-                await asyncio.sleep(1.0)
-                continue
-            tick, self._tick = self._tick, asyncio.Event()
-            for records in batch.values():
-                for record in records:
-                    if record.key is None or record.value is None:
-                        continue
-                    try:
-                        entry = codec.decode("idempotency_entry", record.value)
-                    except CorruptRecord:
-                        log.exception("undecodable idempotency entry at offset %s", record.offset)
-                        continue
-                    self._apply(
-                        record.key.decode(errors="replace"),
-                        _Indexed(
-                            entry["request_hash"],
-                            entry["created_at_ms"],
-                            entry["expires_at_ms"],
-                            record.offset,
-                        ),
-                    )
-            tick.set()
-            if not self._caught_up:
-                for tp in list(pending):
-                    if await self._follower.position(tp) >= pending[tp]:
-                        del pending[tp]
-                self._caught_up = not pending
-            now = self.clock_ms()
-            if now >= next_purge_ms:
-                self._purge(now)
-                next_purge_ms = now + 60_000
+    def _on_record(self, record: Any) -> None:
+        if record.key is None or record.value is None:
+            return
+        try:
+            entry = codec.decode("idempotency_entry", record.value)
+        except CorruptRecord:
+            log.exception("undecodable idempotency entry at offset %s", record.offset)
+            return
+        self._apply(
+            record.key.decode(errors="replace"),
+            _Indexed(
+                entry["request_hash"], entry["created_at_ms"], entry["expires_at_ms"], record.offset
+            ),
+        )
+
+    def _after_poll(self) -> None:
+        now = self.clock_ms()
+        if now >= self._next_purge_ms:
+            self._purge(now)
+            self._next_purge_ms = now + 60_000

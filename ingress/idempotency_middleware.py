@@ -36,6 +36,7 @@ import orjson
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ingress.auth import team_in_scope
 from ingress.files_api import MultipartStream, Part, boundary_of
 from ingress.idempotency import (
     DEFAULT_MAX_RESPONSE_BYTES,
@@ -80,9 +81,11 @@ def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def default_team(_: Scope) -> str:
-    """Every caller is team `default` until virtual keys arrive."""
-    return "default"
+def default_team(scope: Scope) -> str:
+    """The caller's team: keys are scoped per team, so one team can never replay (or even
+    detect) another team's key. The ingress runs this middleware INSIDE AuthMiddleware
+    (ingress/server.py), which has put the principal in the scope."""
+    return team_in_scope(scope)
 
 
 class _ClientGone(Exception):

@@ -1,7 +1,8 @@
 """The ingress's Kafka adapter: durable publish, sync replies, result lookup.
 
     out: tollway.requests.interactive  (idempotent producer, acks=all; keyed by request id,
-         or by team id for a team with a hard budget: docs/decisions/0009)
+         or by team id for a team with a hard budget (docs/decisions/0009) or a rate limit
+         on the team or the request's key (docs/decisions/0014))
     in:  tollway.replies, one partition chosen at start (sync replies for this replica)
     in:  tollway.results, every partition from the start (index request_id -> offset)
 
@@ -36,6 +37,8 @@ from schemas.errors import CorruptRecord, ServiceUnavailable
 from schemas.kafka_partitioner import KeyPartitioner, partition_for_key
 from schemas.records import RequestEnvelope, Result
 from schemas.settings import KafkaSettings
+from workers.router.rate_limits import is_rate_limited
+from workers.tenancy.model import TenancyView
 
 log = logging.getLogger("tollway.ingress.kafka")
 
@@ -62,9 +65,11 @@ class KafkaBus(ReplyWaiters):
         client_id: str,
         result_index_max: int,
         key_of: Callable[[RequestEnvelope], bytes] | None = None,
+        tenancy: TenancyView | None = None,
     ) -> None:
         super().__init__()
         self._key_of = key_of or request_key
+        self._tenancy = tenancy  # None: no rate limits, keys as `key_of` says
         self._kafka = kafka
         self._client_id = client_id
         self._index_max = result_index_max
@@ -151,13 +156,27 @@ class KafkaBus(ReplyWaiters):
         try:
             # One timeout scope, no extra task per request (send_and_wait under wait_for).
             async with asyncio.timeout(self._kafka.request_timeout_ms / 1000):
-                ack = await self.producer.send(topic, value, key=self._key_of(envelope))
+                ack = await self.producer.send(topic, value, key=self.partition_key(envelope))
                 await ack
         except (KafkaError, TimeoutError) as exc:
             raise ServiceUnavailable(
                 "The request could not be written to Kafka and was not accepted; retry later.",
                 retry_after_s=1,
             ) from exc
+
+    def partition_key(self, envelope: RequestEnvelope) -> bytes:
+        """The team id when the team or the request's key has a rate limit, so the one
+        router owning that partition counts all of them (0014); else `key_of`."""
+        tenancy = self._tenancy
+        if tenancy is not None and is_rate_limited(
+            tenancy, envelope["team_id"], envelope["key_id"]
+        ):
+            return envelope["team_id"].encode()
+        return self._key_of(envelope)
+
+    def has_result(self, request_id: str) -> bool:
+        """True once `request_id` is in the results index (no I/O; ingress/queue_limit.py)."""
+        return request_id in self._index
 
     async def lookup(self, request_id: str) -> Result | None:
         offset = self._index.get(request_id)

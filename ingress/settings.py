@@ -1,4 +1,5 @@
-"""Ingress settings (env prefix `TOLLWAY_INGRESS_`, and `TOLLWAY_ADMIN_KEY`), parsed once, frozen.
+"""Ingress settings (env prefix `TOLLWAY_INGRESS_`, and `TOLLWAY_ADMIN_KEY`, `TOLLWAY_AUTH`),
+parsed once, frozen.
 
 Secrets are `SecretStr` and validation errors never echo an input (`hide_input_in_errors`),
 so a rejected admin key does not land in a start-up log.
@@ -7,9 +8,12 @@ so a rejected admin key does not land in a start-up log.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from workers.tenancy.model import WalletLimits
 
 MIN_ADMIN_KEY_CHARS = 24
 
@@ -66,6 +70,56 @@ class IngressSettings(BaseSettings):
         description="Threads that run blocking ClickHouse calls for /v1/analytics (at most this "
         "many queries at once per ingress; the rest wait within their timeout).",
     )
+
+    auth: Literal["keys", "open"] = Field(
+        default="keys",
+        validation_alias="TOLLWAY_AUTH",
+        description="`keys`: every request needs a virtual key (ingress/auth.py). `open`: "
+        "development only, no key is read and every caller is team `default` (logged as a "
+        "warning at start).",
+    )
+    wallet_max_input_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        description="Gateway-wide default of WalletLimits.max_input_bytes (a team's own "
+        "value wins); unset = only max_body_bytes applies.",
+    )
+    wallet_max_output_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="Default cap on a request's max_tokens / max_completion_tokens.",
+    )
+    wallet_max_batch_lines: int | None = Field(
+        default=None, ge=1, description="Default cap on the lines of one batch input file."
+    )
+    wallet_max_queued_requests: int | None = Field(
+        default=None,
+        ge=1,
+        description="Default cap on a team's async + batch requests not finished yet "
+        "(ingress/queue_limit.py).",
+    )
+    replicas: int = Field(
+        default=1,
+        ge=1,
+        le=1024,
+        description="How many ingress replicas run: each holds 1/replicas of a team's "
+        "async queue cap (ingress/queue_limit.py). Set the same value on every replica.",
+    )
+    queued_max_age_s: float = Field(
+        default=86_400.0,
+        gt=0,
+        description="An accepted async request stops counting towards its team's queue cap "
+        "after this long even without a result seen.",
+    )
+
+    @property
+    def wallet_defaults(self) -> WalletLimits:
+        return WalletLimits(
+            max_input_bytes=self.wallet_max_input_bytes,
+            max_output_tokens=self.wallet_max_output_tokens,
+            max_batch_lines=self.wallet_max_batch_lines,
+            max_queued_requests=self.wallet_max_queued_requests,
+        )
 
     @field_validator("admin_key", mode="before")
     @classmethod

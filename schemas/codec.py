@@ -36,6 +36,7 @@ from schemas.records import (
     BatchState,
     BudgetEvent,
     BudgetState,
+    CacheEntryRecord,
     IdempotencyEntryRecord,
     RequestEnvelope,
     Result,
@@ -58,6 +59,7 @@ AnyRecord = (
     | WebhookDelivery
     | WebhookEndpointState
     | IdempotencyEntryRecord
+    | CacheEntryRecord
 )
 
 RecordName = Literal[
@@ -73,6 +75,7 @@ RecordName = Literal[
     "webhook_delivery",
     "webhook_endpoint",
     "idempotency_entry",
+    "cache_entry",
 ]
 
 MAGIC: Final = b"\x00"
@@ -94,6 +97,8 @@ SCHEMA_IDS: Final[dict[int, tuple[RecordName, str]]] = {
     22: ("webhook_delivery", "webhook_delivery.v1.avsc"),
     23: ("webhook_endpoint", "webhook_endpoint.v1.avsc"),
     30: ("idempotency_entry", "idempotency_entry.v1.avsc"),
+    40: ("attempt", "attempt.v3.avsc"),
+    41: ("cache_entry", "cache_entry.v1.avsc"),
 }
 
 
@@ -219,6 +224,10 @@ def decode(
 def decode(
     name: Literal["idempotency_entry"], data: bytes, registry: SchemaRegistry = ...
 ) -> IdempotencyEntryRecord: ...
+@overload
+def decode(
+    name: Literal["cache_entry"], data: bytes, registry: SchemaRegistry = ...
+) -> CacheEntryRecord: ...
 def decode(name: RecordName, data: bytes, registry: SchemaRegistry = REGISTRY) -> AnyRecord:
     """Decode a framed record into the latest shape of `name`.
 

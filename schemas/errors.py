@@ -10,11 +10,14 @@ Adapters translate vendor errors into this tree at the edge and re-raise
     │   ├── MalformedJSON             400  code=invalid_json
     │   ├── BodyTooLarge              413  code=request_too_large
     │   ├── UnknownModel              404  code=model_not_found
-    │   └── ResponseTooLarge          400  code=response_too_large
+    │   ├── ResponseTooLarge          400  code=response_too_large
+    │   └── WalletLimitExceeded       400  code=wallet_limit_exceeded  (names the limit)
     ├── AuthenticationFailed          401 authentication_error  code=invalid_api_key
     ├── PermissionDenied              403 permission_error      code=permission_denied
+    │   └── ModelNotAllowed           403  code=model_not_allowed  (names the policy)
     ├── NotFound                      404 not_found_error
     ├── RateLimited                   429 rate_limit_error       retriable
+    │   └── QueueLimitExceeded        429  code=queue_limit_exceeded  (Retry-After)
     ├── BudgetExceeded                429 budget_exceeded  code=budget_exceeded  (Retry-After)
     ├── ServiceUnavailable            503 service_unavailable    retriable
     ├── DeadlineExceeded              504 timeout                retriable
@@ -90,6 +93,21 @@ class ResponseTooLarge(InvalidRequest):
     code = "response_too_large"
 
 
+class WalletLimitExceeded(InvalidRequest):
+    """A denial-of-wallet cap refused the request (input size, `max_tokens`, batch lines).
+
+    `limit` names the cap (`max_input_bytes`, `max_output_tokens`, `max_batch_lines`) as
+    the tenancy config spells it (workers/tenancy/model.py `WalletLimits`); the message
+    says the value and whose it is (the team's or the gateway's default).
+    """
+
+    code = "wallet_limit_exceeded"
+
+    def __init__(self, message: str, *, limit: str | None = None, param: str | None = None) -> None:
+        super().__init__(message, param=param)
+        self.limit = limit
+
+
 class AuthenticationFailed(TollwayError):
     http_status = 401
     error_type = "authentication_error"
@@ -102,6 +120,22 @@ class PermissionDenied(TollwayError):
     http_status = 403
     error_type = "permission_error"
     code = "permission_denied"
+
+
+class ModelNotAllowed(PermissionDenied):
+    """A governance policy does not approve the model (after aliases) for this caller.
+
+    `policy` names which one refused: `team`, `key` or `tag:<tag>`; the message says it
+    too, so an application developer knows whom to ask.
+    """
+
+    code = "model_not_allowed"
+
+    def __init__(
+        self, message: str, *, policy: str | None = None, param: str | None = None
+    ) -> None:
+        super().__init__(message, param=param)
+        self.policy = policy
 
 
 class NotFound(TollwayError):
@@ -130,6 +164,13 @@ class RateLimited(_RetryAfter):
     error_type = "rate_limit_error"
     code = "rate_limit_exceeded"
     retriable = True
+
+
+class QueueLimitExceeded(RateLimited):
+    """The team has as much async and batch work queued as its `max_queued_requests`
+    allows; retry once some of it finished (Retry-After is a hint, not a promise)."""
+
+    code = "queue_limit_exceeded"
 
 
 class BudgetExceeded(_RetryAfter):

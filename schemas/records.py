@@ -12,7 +12,8 @@ from typing import Final, Literal, TypedDict
 
 Mode = Literal["sync", "async", "batch"]
 Status = Literal["succeeded", "failed"]
-Outcome = Literal["ok", "error"]
+Outcome = Literal["ok", "error", "cache_hit"]
+"""`cache_hit`: answered from the response cache, no provider call (attempt.v3)."""
 
 
 class RequestEnvelope(TypedDict):
@@ -48,6 +49,11 @@ class Usage(TypedDict):
     reasoning_tokens: int
     cache_write_tokens: int
 
+
+META_BATCH_ID: Final = "tollway.batch_id"
+"""Metadata key of a batch line's request and result: the batch it came from."""
+META_CUSTOM_ID: Final = "tollway.custom_id"
+"""Metadata key of a batch line's request and result: the line's `custom_id`."""
 
 RESULT_BODY_MAX_BYTES: Final = 1_000_000
 """The largest response body a `Result` carries, in bytes. Results travel on
@@ -295,5 +301,28 @@ class IdempotencyEntryRecord(TypedDict):
     headers: list[list[str]]
     body: bytes | None
     body_bytes: int
+    created_at_ms: int
+    expires_at_ms: int
+
+
+class CacheEntryRecord(TypedDict):
+    """`tollway.cache` value (schema `cache_entry`), compacted by `<scope>/<sha256>`."""
+
+    key: str
+    scope: str
+    model: str
+    semantic_scope: str | None
+    embedding: bytes | None
+    embedder: str | None
+    semantic_guard: str | None
+    body: bytes
+    provider: str
+    upstream_model: str
+    served_model: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    reasoning_tokens: int
+    cache_write_tokens: int
     created_at_ms: int
     expires_at_ms: int

@@ -104,6 +104,53 @@ IDEMPOTENCY: Final = Topic(
     ),
     doc="Responses kept under their Idempotency-Key, keyed by <team>/<key>; read by every ingress.",
 )
+# Config topics: compacted (the latest record per id is the truth, a tombstone deletes),
+# one partition each (one order, one end offset to catch up to; every service reads the
+# whole topic anyway). Values are versioned JSON (docs/decisions/0013).
+_CONFIG_TOPIC: Final = _cfg(
+    cleanup_policy="compact", min_cleanable_dirty_ratio="0.1", segment_ms=str(_DAY_MS)
+)
+CONFIG_TEAMS: Final = Topic(
+    "tollway.config.teams",
+    partitions=1,
+    config=_CONFIG_TOPIC,
+    doc="Teams, keyed by team id (tombstone = deleted); materialised by every service.",
+)
+CONFIG_KEYS: Final = Topic(
+    "tollway.config.keys",
+    partitions=1,
+    config=_CONFIG_TOPIC,
+    doc="Virtual keys (their digest, never the key), keyed by key id; read by every service.",
+)
+CONFIG_POLICIES: Final = Topic(
+    "tollway.config.policies",
+    partitions=1,
+    config=_CONFIG_TOPIC,
+    doc="Tag policies (approved models per tag), keyed by tag; materialised by every service.",
+)
+AUDIT: Final = Topic(
+    "tollway.audit",
+    partitions=1,
+    config=_cfg(retention_ms=str(400 * _DAY_MS)),
+    doc="Append-only audit of config changes (who, what, when, before/after; no secrets).",
+)
+CACHE_RECORD_MAX_BYTES: Final = 1024 * 1024
+"""Largest tollway.cache record: an answer (at most TOLLWAY_CACHE_MAX_ENTRY_BYTES, which
+must stay 64 KiB below this), its prompt embedding (1.5 KiB) and ids."""
+CACHE: Final = Topic(
+    "tollway.cache",
+    partitions=6,
+    # compact: one record per cache key; delete: an entry leaves once older than the
+    # longest TTL a router may set (7 days). Readers drop entries at expires_at_ms.
+    config=_cfg(
+        cleanup_policy="compact,delete",
+        retention_ms=str(7 * _DAY_MS),
+        min_cleanable_dirty_ratio="0.1",
+        segment_ms=str(_HOUR_MS),
+        max_message_bytes=str(CACHE_RECORD_MAX_BYTES),
+    ),
+    doc="Cached answers keyed by <scope>/<sha256>; every router holds a bounded index of it.",
+)
 DEAD_LETTERS: Final = Topic(
     "tollway.dead-letters",
     partitions=1,
@@ -121,5 +168,13 @@ ALL_TOPICS: Final[tuple[Topic, ...]] = (
     BUDGET_STATE,
     BUDGET_EVENTS,
     IDEMPOTENCY,
+    CONFIG_TEAMS,
+    CONFIG_KEYS,
+    CONFIG_POLICIES,
+    AUDIT,
+    CACHE,
     DEAD_LETTERS,
 )
+
+CONFIG_TOPICS: Final[tuple[Topic, ...]] = (CONFIG_TEAMS, CONFIG_KEYS, CONFIG_POLICIES)
+"""The tenancy config topics every service materialises (workers/tenancy/config_kafka.py)."""

@@ -26,6 +26,15 @@ slow per event, so agents read in batches (`stream.take_events`); its
 `exactly_once` mode is experimental, so the processors run at-least-once and
 make their effects idempotent themselves; windows are computed by
 `workers/budget/windows.py`, not by faust.
+
+Gap-free delivery (docs/decisions/0016): faust 0.15.3 (with mode-streaming 0.7.1)
+can drop records it has already fetched, and commits past a single missing
+offset. The processors' idempotence needs every partition handled in offset
+order without gaps, so (1) `keep_queued_events_on_resume` removes the measured
+cause (resuming an already running flow emptied the agents' queues right after
+table recovery), and (2) every batch goes through a `DeliveryGate`
+(`workers/delivery.py`): records faust did not deliver are read from Kafka by
+the gate and handled in their place, in offset order, before anything after them.
 """
 
 from __future__ import annotations
@@ -36,20 +45,25 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, NoReturn, Protocol
 
 import faust
 import uvloop
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from faust.exceptions import ProducerSendError
+from faust.types import Message
+from mode.utils.queues import FlowControlEvent
 
 from deploy.topics import ensure_topics
 from schemas import topics
 from schemas.errors import DeadLetter
 from schemas.topics import Topic
+from workers.delivery import DeliveryCursor, Key, is_complete
 
 log = logging.getLogger("tollway.faust")
 
@@ -58,6 +72,10 @@ EXIT_UNRECOVERABLE: Final = 70
 SETTLE_TIMEOUT_S: Final = 30.0
 """Longest wait for Kafka to acknowledge a batch's writes before the process gives up."""
 _SEND_ATTEMPTS: Final = 6
+FILL_TIMEOUT_S: Final = 30.0
+"""Longest wait to read records faust failed to deliver; without them nothing after
+them may be handled, so the process stops unacked (the restart resumes at the committed
+offset)."""
 
 Outgoing = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None, int | None]
 """(topic, key, value, headers, partition) of one record to publish (None: by key)."""
@@ -66,6 +84,34 @@ Outgoing = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None
 def broker_urls(bootstrap: str) -> list[str]:
     """`host:port[,host:port]` -> faust's broker URL list."""
     return [f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip()]
+
+
+_ORIGINAL_RESUME: Final = FlowControlEvent.resume
+
+
+def _resume(self: FlowControlEvent) -> None:
+    """`FlowControlEvent.resume` that empties the managed queues only when flow WAS
+    suspended (what the clearing is for: events queued for partitions being revoked)."""
+    was_suspended = not self.is_active()
+    self._suspend.clear()
+    self._resume.set()
+    if was_suspended:
+        self.clear()
+
+
+def keep_queued_events_on_resume() -> None:
+    """Stop faust from dropping fetched records when it resumes a flow that is running.
+
+    mode-streaming 0.7.1's `FlowControlEvent.resume` always empties every agent's input
+    queue. faust-streaming 0.15.3 calls it at the end of table recovery
+    (`Recovery.on_recovery_completed`) AFTER it has resumed the stream partitions while
+    its fetcher runs: records fetched in that window, already counted as read by the
+    consumer, vanish from the queue unprocessed and unacked. Measured in
+    tests/integration/test_cost_budget.py: 6 such gaps in ~75 budget-processor restarts
+    (docs/decisions/0016). Idempotent; unit-tested against the installed mode, including
+    that the unpatched method still clears (so an upgrade that fixes it is noticed).
+    """
+    FlowControlEvent.resume = _resume  # type: ignore[method-assign]  # the patch itself
 
 
 def create_app(
@@ -86,6 +132,7 @@ def create_app(
     """
     heartbeat_s = max(1.0, session_timeout_s / 3)
     (data_dir / app_id).mkdir(parents=True, exist_ok=True)
+    keep_queued_events_on_resume()
     return faust.App(
         app_id,
         broker=broker_urls(bootstrap),
@@ -341,6 +388,157 @@ def dead_letter(event: Any, exc: DeadLetter) -> Outgoing:
     return topics.DEAD_LETTERS.name, message.key, message.value or b"", headers, None
 
 
+def _bootstrap_of(app: faust.App) -> str:
+    """The app's brokers as `host:port[,host:port]`."""
+    return ",".join(f"{url.host}:{url.port}" for url in app.conf.broker)
+
+
+@dataclass(frozen=True)
+class FilledEvent:
+    """A record the gate read from Kafka itself (faust failed to deliver it): what a
+    handler uses of a faust event (`value`, `message.topic/partition/offset/key/value`)."""
+
+    message: Message
+
+    @property
+    def value(self) -> bytes | None:
+        return self.message.value
+
+
+class DeliveryGate:
+    """Runs every batch of one agent through a `DeliveryCursor` (workers/delivery.py).
+
+    Wiring only: the committed offsets a cursor starts from (one admin request per
+    partition and consumer generation), and the records faust failed to deliver,
+    read from Kafka with a plain consumer and handed to the handler in their place,
+    then acked to faust's consumer like its own (so its commit moves past them only
+    once they are handled). A gap that cannot be filled within `FILL_TIMEOUT_S`
+    stops the process unacked: the restart resumes at the committed offset.
+    """
+
+    def __init__(self, app: faust.App, what: str) -> None:
+        self.app = app
+        self.what = what
+        self.cursor = DeliveryCursor()
+        self.filled = 0
+        """Records filled in so far (each one a record faust did not deliver)."""
+
+    async def admit(self, events: Sequence[Any]) -> tuple[list[Any], list[Message]]:
+        """(the events to handle, each partition's in offset order; the filled-in
+        messages to ack once they are handled)."""
+        generations = {e.message.generation_id for e in events} - {None}
+        if generations:
+            self.cursor.begin(max(generations))
+        by_key: dict[Key, list[Any]] = {}
+        ready: list[Any] = []
+        for event in events:
+            message = event.message
+            if self.cursor.is_current(message.generation_id):
+                by_key.setdefault((message.topic, message.partition), []).append(event)
+            else:  # stale generation: faust reads it again from the committed offset
+                ready.append(event)
+        new = [key for key in by_key if not self.cursor.started(key)]
+        committed = await self._committed(new) if new else {}
+        filled: list[Message] = []
+        for key, part_events in by_key.items():
+            if not self.cursor.started(key):
+                first = min(e.message.offset for e in part_events)
+                self.cursor.start(key, committed=committed.get(key), first_offset=first)
+            pending: list[Any] = part_events
+            while True:
+                admission = self.cursor.admit(key, [e.message.offset for e in pending])
+                ready.extend(pending[i] for i in admission.take)
+                if admission.gap is None:
+                    break
+                messages = await self._fill(key, admission.gap)
+                filled.extend(messages)
+                pending = [FilledEvent(m) for m in messages] + [pending[i] for i in admission.hold]
+        return ready, filled
+
+    async def _fill(self, key: Key, gap: tuple[int, int]) -> list[Message]:
+        topic, partition = key
+        log.warning(
+            "%s: %s/%d offsets %d..%d were not delivered; reading them from Kafka",
+            self.what,
+            topic,
+            partition,
+            gap[0],
+            gap[1] - 1,
+        )
+        records = await self._read(key, gap)
+        if not is_complete([r.offset for r in records], gap):
+            fatal(
+                f"{self.what}: {topic}/{partition} offsets {gap[0]}..{gap[1] - 1} missing",
+                LookupError(f"read {len(records)} of {gap[1] - gap[0]} records"),
+            )
+        self.filled += len(records)
+        return [
+            Message(
+                r.topic,
+                r.partition,
+                r.offset,
+                r.timestamp / 1000,
+                r.timestamp_type,
+                list(r.headers),
+                r.key,
+                r.value,
+                None,
+                generation_id=self.cursor.generation,
+            )
+            for r in records
+        ]
+
+    async def _read(self, key: Key, gap: tuple[int, int]) -> list[Any]:
+        """The records of `key` at offsets [gap), read with a group-less consumer."""
+        tp = TopicPartition(*key)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=_bootstrap_of(self.app),
+            client_id=f"{self.app.conf.id}-delivery",
+            enable_auto_commit=False,
+        )
+        records: list[Any] = []
+        deadline = time.monotonic() + FILL_TIMEOUT_S
+        try:
+            await consumer.start()
+            consumer.assign([tp])
+            consumer.seek(tp, gap[0])
+            while len(records) < gap[1] - gap[0] and time.monotonic() < deadline:
+                fetched = await consumer.getmany(tp, timeout_ms=500)
+                batch = fetched.get(tp, [])
+                records.extend(r for r in batch if r.offset < gap[1])
+                if any(r.offset >= gap[1] for r in batch):
+                    break
+        except (KafkaError, OSError) as exc:
+            log.warning("%s: reading %s/%d failed: %r", self.what, *key, exc)
+        finally:
+            await consumer.stop()
+        return records
+
+    async def _committed(self, keys: list[Key]) -> dict[Key, int]:
+        """The group's committed offsets of `keys` (absent: none committed, or unknown)."""
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=_bootstrap_of(self.app), client_id=f"{self.app.conf.id}-delivery"
+        )
+        try:
+            await admin.start()
+            found = await admin.list_consumer_group_offsets(
+                self.app.conf.id, partitions=[TopicPartition(t, p) for t, p in keys]
+            )
+        except (KafkaError, OSError, TimeoutError) as exc:
+            log.warning(
+                "%s: committed offsets unknown (%r): a record missing before the first "
+                "one delivered would go unnoticed",
+                self.what,
+                exc,
+            )
+            return {}
+        finally:
+            await admin.close()
+        return {
+            (tp.topic, tp.partition): meta.offset for tp, meta in found.items() if meta.offset >= 0
+        }
+
+
 BatchHandler = Callable[[Sequence[Any]], Awaitable[None]]
 """Processes one batch of events; returns once every effect of the batch is in Kafka."""
 
@@ -359,17 +557,24 @@ def batch_agent(
     """Add agent `name`: `handle` each batch of `channel`'s events, then let faust ack it.
 
     Batches hold at most `settings.batch_max` events and wait at most
-    `settings.batch_within_s` to fill (faust is slow per event). A batch that raises
-    or is cancelled is never acked (`fatal` / `abandon`: the process exits and the
-    batch is processed again). With `slow_log`, a batch taking over `slow_s` seconds
-    is logged there (it delays everything downstream).
+    `settings.batch_within_s` to fill (faust is slow per event). `handle` gets only
+    the events a `DeliveryGate` lets through: each partition's next offsets, in order,
+    never one beyond a missing record. A batch that raises or is cancelled is never
+    acked (`fatal` / `abandon`: the process exits and the batch is processed again).
+    With `slow_log`, a batch taking over `slow_s` seconds is logged there (it delays
+    everything downstream).
     """
+    gate = DeliveryGate(app, what)
 
     async def process_batches(stream: Any) -> None:
         async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
             started = time.perf_counter()
             try:
-                await handle(events)
+                ready, filled = await gate.admit(events)
+                if ready:
+                    await handle(ready)
+                for message in filled:  # faust's own events are acked by take_events
+                    app.consumer.ack(message)
             except asyncio.CancelledError:
                 abandon(what)
             except Exception as exc:  # noqa: BLE001  # any bug: stop without acking the batch

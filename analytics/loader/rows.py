@@ -11,9 +11,9 @@ these keys (the ingress copies the client's `metadata` there):
 
     app          application name                      -> requests.app
     tags         comma-separated tags                  -> requests.tags
-    batch_id     the batch a request came from         -> requests.batch_id
-    custom_id    the batch line's custom_id            -> requests.custom_id
-    cache        hit | semantic-hit | miss             -> requests.cache_hit
+    tollway.batch_id   the batch a line came from (batch worker) -> requests.batch_id
+    tollway.custom_id  the batch line's custom_id               -> requests.custom_id
+    tollway.cache hit | semantic-hit | miss (router)   -> requests.cache_hit
     ttft_ms      time to first token (streaming)       -> requests.ttft_ms
 """
 
@@ -26,10 +26,19 @@ from decimal import Decimal
 from typing import Final
 
 from schemas import topics
-from schemas.records import Attempt, BudgetEvent, Result, UsageRecord
+from schemas.records import (
+    META_BATCH_ID,
+    META_CUSTOM_ID,
+    Attempt,
+    BudgetEvent,
+    Result,
+    UsageRecord,
+)
 
 Row = tuple[object, ...]
 
+CACHE_STATUS_KEY: Final = "tollway.cache"
+"""Set by the router's cache (workers/cache/canonical.py); reserved, so no client sets it."""
 _CACHE_HITS: Final = frozenset({"hit", "semantic-hit"})
 _UINT32_MAX: Final = 2**32 - 1
 
@@ -154,9 +163,9 @@ def request_row(result: Result, partition: int, offset: int) -> Row:
         # The Result says how many provider calls were made, not which deployments:
         # more than one call means a retry or a fallback (attempts has the detail).
         result["attempts"] > 1,
-        meta.get("cache") in _CACHE_HITS,
-        meta.get("batch_id"),
-        meta.get("custom_id"),
+        meta.get(CACHE_STATUS_KEY) in _CACHE_HITS,
+        meta.get(META_BATCH_ID),
+        meta.get(META_CUSTOM_ID),
         latency_ms,
         _ttft_ms(meta.get("ttft_ms")),
         result["prompt_tokens"],

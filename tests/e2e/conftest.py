@@ -20,7 +20,9 @@ def stack(kafka_bootstrap: str) -> Iterator[Stack]:
         routers=2,
         mock_latency_ms=20,
         log_dir=STATE_DIR / "logs" / "e2e",
-        extra_env={"TOLLWAY_ROUTER_SESSION_TIMEOUT_MS": "6000"},
+        # The SDK tests here authenticate with "any": open mode (tests/e2e/test_auth.py runs
+        # a stack of its own with virtual keys).
+        extra_env={"TOLLWAY_ROUTER_SESSION_TIMEOUT_MS": "6000", "TOLLWAY_AUTH": "open"},
     )
     running.start(kafka_bootstrap)
     yield running

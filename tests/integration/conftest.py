@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -20,6 +21,10 @@ from workers.router.execution import Executor
 from workers.router.settings import RouterSettings
 
 pytestmark = pytest.mark.kafka
+
+# In-process ingress apps and the processes these tests start run in open mode (every
+# caller is team `default`, ingress/auth.py) unless a test asks for keys explicitly.
+os.environ.setdefault("TOLLWAY_AUTH", "open")
 
 
 def free_port() -> int:

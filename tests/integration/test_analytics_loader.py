@@ -235,8 +235,8 @@ async def test_loader_stores_every_record_once_and_the_named_queries_add_up(
     results = [
         result(rid[0], a, metadata={"tags": "search,beta", "app": "web"}),
         result(rid[1], a, attempts=2, deployment="backup", latency_ms=300),
-        result(rid[2], b, status="failed", attempts=2, metadata={"cache": "miss"}),
-        result(rid[3], b, latency_ms=0, metadata={"cache": "hit", "tags": "search"}),
+        result(rid[2], b, status="failed", attempts=2, metadata={"tollway.cache": "miss"}),
+        result(rid[3], b, latency_ms=0, metadata={"tollway.cache": "hit", "tags": "search"}),
         result(rid[0], a, execution="e2", latency_ms=9_999),  # a re-execution: first one wins
     ]
     attempts = [

@@ -371,11 +371,12 @@ async def test_usage_is_priced_once_and_budget_state_tracks_the_team(stack: Stac
     assert len({e["event_id"] for e in crossings}) == 3
 
 
-KILLS_EACH = 1
-"""SIGKILLs per processor in the suite. Issue 4 asks for 5: a 5-round run on a fresh clone
-once ended one call ($0.002) short in the budget totals after 60 s (2026-11-27, under
-investigation, see the issue's closing note), so the suite keeps 1 round (as before
-this session) until the cause is found; raise it back with the fix."""
+KILLS_EACH = 5
+"""SIGKILLs per processor (issue 4 asks for 5). Rounds of 5 once ended one call ($0.002)
+short in the budget totals: after table recovery faust emptied the budget agent's queue
+of records it had already fetched; the ledger applied the records after the missing one
+and then skipped it for good. Fixed by the flow-control patch and the delivery gate in
+workers/faust_app.py (workers/delivery.py, docs/decisions/0016)."""
 FEED_CHUNK = 25
 FEED_PAUSE_S = 0.08  # ~250 calls/s while the processors are killed and restarted
 PROGRESS_RECORDS = 100  # what a (re)started processor must have done before it is killed

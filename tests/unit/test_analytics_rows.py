@@ -75,13 +75,16 @@ def _named(row: tuple[object, ...], columns: tuple[str, ...]) -> dict[str, objec
         ({"attempts": 3}, {"fallback_used": True}),
         ({"finished_at_ms": 900}, {"latency_ms": 0}),  # clocks disagree: never negative
         (
-            {"metadata": {"tags": "b, a,,b", "app": "web", "cache": "semantic-hit"}},
+            {"metadata": {"tags": "b, a,,b", "app": "web", "tollway.cache": "semantic-hit"}},
             {"tags": ["a", "b"], "app": "web", "cache_hit": True},
         ),
-        ({"metadata": {"cache": "miss", "ttft_ms": "87"}}, {"cache_hit": False, "ttft_ms": 87}),
+        (
+            {"metadata": {"tollway.cache": "miss", "ttft_ms": "87"}},
+            {"cache_hit": False, "ttft_ms": 87},
+        ),
         ({"metadata": {"ttft_ms": "soon"}}, {"ttft_ms": None}),
         (
-            {"metadata": {"batch_id": "batch_1", "custom_id": "line-7"}},
+            {"metadata": {"tollway.batch_id": "batch_1", "tollway.custom_id": "line-7"}},
             {"batch_id": "batch_1", "custom_id": "line-7"},
         ),
         ({}, {"batch_id": None, "custom_id": None, "app": ""}),

@@ -39,6 +39,7 @@ PURE: Final = (
     "workers/router/health.py",
     "workers/router/pacing.py",
     "workers/router/lanes.py",
+    "workers/router/rate_limits.py",
     "workers/router/stream_assembly.py",
     "workers/providers/sse.py",
     "workers/providers/canonical.py",
@@ -73,6 +74,12 @@ PURE: Final = (
     "workers/budget/enforcement.py",
     "workers/budget/reservations.py",
     "workers/budget/ownership.py",
+    "workers/delivery.py",
+    "workers/tenancy/model.py",
+    "workers/cache/canonical.py",
+    "workers/cache/store.py",
+    "workers/cache/wordpiece.py",
+    "workers/cache/answers.py",
 )
 #: Third-party roots a pure module may import (besides the standard library).
 ALLOWED_THIRD_PARTY: Final = frozenset({"pydantic", "orjson", "yaml"})

@@ -27,11 +27,9 @@ from workers.batches.state import bumped, mark_done
 
 Kind = Literal["o", "e"]
 REQUEST_ID_PREFIX: Final = "breq_"
-META_BATCH_ID: Final = "tollway.batch_id"
 CANCELLED_ERROR_TYPE: Final = "BatchCancelled"
 """`error_type` of the Result a router gives a line of a cancelled batch without running
 it (workers/router/cancelled.py): written like the lines the worker cancels itself."""
-META_CUSTOM_ID: Final = "tollway.custom_id"
 META_LINE: Final = "tollway.batch_line"
 
 

@@ -43,12 +43,11 @@ from aiokafka.structs import ConsumerRecord
 from schemas import codec, topics
 from schemas.batch_topics import BATCH_STATE
 from schemas.errors import CorruptRecord, TollwayError
-from schemas.records import BatchErrorRecord, BatchState, BatchStatus
+from schemas.records import META_CUSTOM_ID, BatchErrorRecord, BatchState, BatchStatus
 from schemas.routes import RoutesConfig, load_routes
 from schemas.settings import KafkaSettings
 from workers.batches import files as batch_files
 from workers.batches.assembler import (
-    META_CUSTOM_ID,
     Assembly,
     build_files,
     parse_request_id,

@@ -18,10 +18,8 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
-from schemas.records import BatchState, RequestEnvelope
+from schemas.records import META_BATCH_ID, META_CUSTOM_ID, BatchState, RequestEnvelope
 from workers.batches.assembler import (
-    META_BATCH_ID,
-    META_CUSTOM_ID,
     META_LINE,
     Assembly,
     request_id_for,

@@ -16,8 +16,11 @@ chunks to the single-partition agent `budget-global`, which sums them.
 
 Guarantee: effectively exactly-once totals over at-least-once delivery
 (ledger.py): replays are skipped by per-chunk offsets, duplicate usage ids by a
-seen-set over `dedup_horizon_s` of event time. A batch's table writes, states
-and forwards are all acknowledged by Kafka before its events are acked to
+seen-set over `dedup_horizon_s` of event time. The per-chunk offsets are sound
+only if each partition's records arrive in order without gaps: `batch_agent`
+(workers/faust_app.py, workers/delivery.py) hands this agent nothing past a
+record faust failed to deliver (docs/decisions/0016). A batch's table writes,
+states and forwards are all acknowledged by Kafka before its events are acked to
 faust (whose commit follows); a failure stops the process without acking.
 
 Every `tick_s` the processor re-emits the state of every budgeted scope it

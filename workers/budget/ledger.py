@@ -23,7 +23,10 @@ Exactly-once effect on at-least-once delivery, in two layers:
 
 * the processor's own replays (it crashed after writing state, before committing
   its input offsets): a chunk skips any record whose offset is ``<= o``. A chunk
-  is a single table value, so its sums and ``o`` are written atomically.
+  is a single table value, so its sums and ``o`` are written atomically. This
+  needs the records of a partition applied in offset order WITHOUT GAPS (a
+  record missing while later ones are applied would be skipped for good): the
+  wiring guarantees it (workers/delivery.py, docs/decisions/0016).
 * duplicates in the input (the cost processor priced an attempt twice after a
   crash): the usage id's 64-bit hash is remembered in the slot of its event
   second with the offset that first carried it; the same id at a LATER offset is

@@ -126,8 +126,24 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
             self._lane.tracker.drop(tp)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        for tp in assigned:  # resolve positions now, so "ready" means events are not missed
-            await self._lane.consumer.position(tp)
+        # Resolve positions now, so "ready" means events are not missed, and commit the
+        # position of every partition that has no committed offset yet. Without that, a
+        # member that dies before it finished a record of such a partition leaves it
+        # uncommitted, and its successor applies `start_from` (latest) again: everything
+        # written there in between is skipped (a batch.completed webhook lost in the chaos
+        # run; tests/integration/test_callbacks_restart.py). `latest` is meant once per
+        # group, never per restart.
+        consumer = self._lane.consumer
+        unpinned: dict[TopicPartition, int] = {}
+        for tp in assigned:
+            position = await consumer.position(tp)
+            if await consumer.committed(tp) is None:
+                unpinned[tp] = position
+        if unpinned:
+            try:
+                await consumer.commit(unpinned)
+            except KafkaError as exc:
+                log.warning("could not pin start positions (%s)", type(exc).__name__)
         self._lane.assigned.set()
 
 

@@ -4,11 +4,17 @@ Only calls that consumed tokens are usage (a connection refused or an
 upstream 500 with no usage costs nothing); a call whose model has no price is
 recorded with `cost_status = "unpriced"` and cost 0, never passed off as a
 free call, so budgets and reports can treat it as unknown spend.
+
+A cache hit (an attempt with outcome `cache_hit`, workers/cache/answers.py) made no
+call: it is recorded with cost 0, `cost_status = "cache_hit"` and `saved_nano_usd` =
+what its tokens would have cost at the cached answer's model and this request's mode
+(0 when that model has no price). It is recorded even without tokens, so hit counts
+in analytics are complete.
 """
 
 from __future__ import annotations
 
-from schemas.records import Attempt, Usage, UsageRecord
+from schemas.records import Attempt, CostStatus, Usage, UsageRecord
 from workers.cost.catalogue import Catalogue
 from workers.cost.pricing import compute_cost, to_nano_usd
 
@@ -31,7 +37,8 @@ def price_attempt(
     attempt: Attempt, catalogue: Catalogue, *, priced_at_ms: int
 ) -> UsageRecord | None:
     """The usage record of `attempt`, or None when the call consumed no tokens."""
-    if not consumed_tokens(attempt):
+    cache_hit = attempt["outcome"] == "cache_hit"
+    if not cache_hit and not consumed_tokens(attempt):
         return None
     price = catalogue.lookup(attempt["provider"], attempt["model"])
     cost_nano_usd = 0
@@ -62,10 +69,16 @@ def price_attempt(
         "cached_tokens": attempt["cached_tokens"],
         "cache_write_tokens": attempt["cache_write_tokens"],
         "reasoning_tokens": attempt["reasoning_tokens"],
-        "cost_nano_usd": cost_nano_usd,
-        "saved_nano_usd": 0,
-        "cost_status": "priced" if price is not None else "unpriced",
+        "cost_nano_usd": 0 if cache_hit else cost_nano_usd,
+        "saved_nano_usd": cost_nano_usd if cache_hit else 0,
+        "cost_status": _status(cache_hit=cache_hit, priced=price is not None),
         "pricing_version": catalogue.version,
         "occurred_at_ms": occurred_at_ms(attempt),
         "priced_at_ms": priced_at_ms,
     }
+
+
+def _status(*, cache_hit: bool, priced: bool) -> CostStatus:
+    if cache_hit:
+        return "cache_hit"
+    return "priced" if priced else "unpriced"

@@ -25,9 +25,8 @@ from aiokafka.errors import KafkaError
 
 from schemas.batch_topics import BATCH_STATE
 from schemas.errors import TollwayError
-from schemas.records import RequestEnvelope
+from schemas.records import META_BATCH_ID, RequestEnvelope
 from schemas.settings import KafkaSettings
-from workers.batches.assembler import META_BATCH_ID
 from workers.batches.kafka import COMMAND_SEPARATOR
 
 log = logging.getLogger("tollway.router.cancelled")

@@ -5,6 +5,9 @@
          holds a reservation, workers/router/budgets.py, docs/decisions/0009)
     in:  tollway.batch-state, no group: cancel commands; lines of a cancelled batch are
          answered `batch_cancelled` without a provider call (cancelled.py)
+    in:  the tenancy view (rate limits of keys and teams): a record over a limit is
+         answered 429 (sync) or waits for room without holding a call slot (async,
+         batch; rate_gate.py, docs/decisions/0014)
     out: tollway.attempts (every provider call), tollway.results (one per execution),
          tollway.replies (sync requests, to the waiting ingress's partition),
          tollway.dead-letters (records that cannot be decoded)
@@ -32,7 +35,7 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
@@ -51,7 +54,11 @@ from workers.router.cancelled import CancelledBatches
 from workers.router.execution import Execution, Executor
 from workers.router.lanes import Lanes, take
 from workers.router.offsets import OffsetTracker
+from workers.router.rate_gate import RateGate
 from workers.router.settings import RouterSettings
+from workers.tenancy.config_kafka import KafkaTenancyView
+from workers.tenancy.model import TenancyView
+from workers.tenancy.settings import TenancySettings
 
 log = logging.getLogger("tollway.router")
 
@@ -86,6 +93,7 @@ class Router:
         settings: RouterSettings,
         executor: Executor,
         cancelled: CancelledBatches | None = None,
+        tenancy: TenancyView | None = None,
     ) -> None:
         self.kafka = kafka
         self.settings = settings
@@ -97,6 +105,13 @@ class Router:
         self._stopping = asyncio.Event()
         self.lanes = Lanes.of(settings.max_in_flight, settings.batch_share)
         self._batch_tasks: set[asyncio.Task[None]] = set()
+        # Rate limits (None: every team unlimited). Records waiting for room are tasks
+        # too, but hold no call slot: they are subtracted from the lanes' counts.
+        self.gate = RateGate(
+            tenancy, default_output_tokens=settings.rate_limit_default_output_tokens
+        )
+        self._waiting_by_tp: dict[TopicPartition, set[asyncio.Task[None]]] = {}
+        self._waiting_batch = 0
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=kafka.bootstrap,
             group_id=settings.group_id,
@@ -135,7 +150,7 @@ class Router:
         try:
             while not self._stopping.is_set():
                 self._apply_backpressure()
-                room = self.settings.max_in_flight - len(self._tasks)
+                room = self.settings.max_in_flight - self._calls()
                 batch = await self.consumer.getmany(timeout_ms=100, max_records=max(1, room))
                 for tp, records in batch.items():
                     for record in self._admitted(tp, records):
@@ -158,7 +173,7 @@ class Router:
         fetched again later (workers/router/lanes.py)."""
         if tp.topic != topics.REQUESTS_BATCH.name:
             return records
-        room = self.lanes.batch_room(len(self._tasks), len(self._batch_tasks))
+        room = self.lanes.batch_room(self._calls(), len(self._batch_tasks) - self._waiting_batch)
         started, left_out = take(records, room)
         if left_out is not None:
             self.consumer.seek(tp, left_out.offset)
@@ -176,19 +191,62 @@ class Router:
             task.add_done_callback(self._batch_tasks.discard)
 
     async def drain_partitions(self, partitions: set[TopicPartition]) -> None:
-        """Wait (bounded by `revoke_drain_timeout_s`) for the partitions' in-flight records."""
+        """Wait (bounded by `revoke_drain_timeout_s`) for the partitions' in-flight records.
+        Records still waiting for a rate limit are dropped at once: they called nothing,
+        are not committed, and the new owner runs them."""
+        self._cancel_waiting(partitions)
         pending = set().union(*(self._tasks_by_tp.get(tp, set()) for tp in partitions))
         if pending:
             await asyncio.wait(pending, timeout=self.settings.revoke_drain_timeout_s)
 
+    def _calls(self) -> int:
+        """Records in flight that hold a call slot (all but those waiting for a rate limit)."""
+        return len(self._tasks) - self._waiting_count()
+
+    def _waiting_count(self) -> int:
+        return sum(len(tasks) for tasks in self._waiting_by_tp.values())
+
+    @contextlib.contextmanager
+    def _waiting(self, tp: TopicPartition) -> Iterator[None]:
+        """Count a record waiting for its rate limit as waiting, not as a call."""
+        task = asyncio.current_task()  # the record's task (`_handle`)
+        waiting = self._waiting_by_tp.setdefault(tp, set())
+        if task is not None:
+            waiting.add(task)
+        batch = tp.topic == topics.REQUESTS_BATCH.name
+        self._waiting_batch += batch
+        try:
+            yield
+        finally:
+            if task is not None:
+                waiting.discard(task)
+            if not waiting:
+                self._waiting_by_tp.pop(tp, None)
+            self._waiting_batch -= batch
+
+    def _cancel_waiting(self, partitions: set[TopicPartition] | None = None) -> None:
+        """Cancel the records of `partitions` (default: all) that wait for a rate limit."""
+        for tp, tasks in list(self._waiting_by_tp.items()):
+            if partitions is None or tp in partitions:
+                for task in tasks:
+                    task.cancel()
+
     def _apply_backpressure(self) -> None:
         """Pause what may not start more calls now: every partition when all slots are
-        taken, the batch partitions when the batch lane is full (workers/router/lanes.py)."""
-        pause_all, pause_batch = self.lanes.paused(len(self._tasks), len(self._batch_tasks))
+        taken, the batch partitions when the batch lane is full (workers/router/lanes.py),
+        and, once `rate_limit_max_waiting` records wait for a rate limit, the partitions
+        holding them (memory stays bounded; other teams of those partitions wait too)."""
+        pause_all, pause_batch = self.lanes.paused(
+            self._calls(), len(self._batch_tasks) - self._waiting_batch
+        )
+        waiting = self._waiting_by_tp
+        too_many_waiting = self._waiting_count() >= self.settings.rate_limit_max_waiting
         wanted = {
             tp
             for tp in self.consumer.assignment()
-            if pause_all or (pause_batch and tp.topic == topics.REQUESTS_BATCH.name)
+            if pause_all
+            or (pause_batch and tp.topic == topics.REQUESTS_BATCH.name)
+            or (too_many_waiting and tp in waiting)
         }
         paused = self.consumer.paused()
         if wanted - paused:
@@ -220,8 +278,13 @@ class Router:
                 execution = (
                     Execution(self.executor.failed_result(envelope, self.cancelled.error()))
                     if self.cancelled is not None and self.cancelled.skips(envelope)
-                    else await self.executor.execute(
-                        envelope, relay.emit if relay is not None else None
+                    else await self.gate.run(
+                        envelope,
+                        lambda: self.executor.execute(
+                            envelope, relay.emit if relay is not None else None
+                        ),
+                        lambda error: Execution(self.executor.failed_result(envelope, error)),
+                        lambda: self._waiting(tp),
                     )
                 )
                 if relay is not None:
@@ -291,7 +354,9 @@ class Router:
                 return
 
     async def _drain(self) -> None:
-        """Graceful stop: finish in-flight work, commit it, leave the group."""
+        """Graceful stop: finish in-flight work, commit it, leave the group. Records waiting
+        for a rate limit are not waited for (uncommitted: the next owner runs them)."""
+        self._cancel_waiting()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=30)
         with contextlib.suppress(KafkaError):
@@ -352,17 +417,24 @@ def router_id() -> str:
 
 
 async def serve(kafka: KafkaSettings, settings: RouterSettings) -> None:
-    """Run one router until SIGTERM/SIGINT."""
+    """Run one router until SIGTERM/SIGINT. Rate limits come from the tenancy config topics;
+    until those are read (bounded by TOLLWAY_TENANCY_READY_TIMEOUT_S) nothing is limited."""
     enforcement = EnforcementSettings()
     budgets = build_budgets(kafka, settings, enforcement)  # None: no budgets, no cost
+    from workers.cache.service import build_cache_service  # numpy only when it is used
+
+    routes = load_routes(settings.routes_file)
+    cache = build_cache_service(kafka, routes)  # None: TOLLWAY_CACHE_ENABLED is off
     executor = Executor(
-        routes=load_routes(settings.routes_file),
+        routes=routes,
         provider=build_registry(os.environ, max_connections=settings.max_in_flight),
         router_id=router_id(),
         budgets=budgets,
+        cache=cache.hook if cache is not None else None,
     )
     cancelled = CancelledBatches(kafka)
-    router = Router(kafka, settings, executor, cancelled)
+    tenancy = KafkaTenancyView(kafka, client_id=f"tollway-router-{executor.router_id}-config")
+    router = Router(kafka, settings, executor, cancelled, tenancy)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, router.stop)
@@ -370,9 +442,20 @@ async def serve(kafka: KafkaSettings, settings: RouterSettings) -> None:
     if budgets is not None:
         await budgets.start(enforcement.ready_timeout_s)
     await cancelled.start()
+    if cache is not None:
+        await cache.start()
+    await tenancy.start()
+    ready_timeout_s = TenancySettings().ready_timeout_s
+    if not await tenancy.wait_ready(ready_timeout_s):
+        log.warning(
+            "tenancy config not read in %.0fs: rate limits apply once it is", ready_timeout_s
+        )
     try:
         await router.run()
     finally:
+        await tenancy.stop()
+        if cache is not None:
+            await cache.stop()
         await cancelled.stop()
         if budgets is not None:
             await budgets.stop()

@@ -55,9 +55,11 @@ from workers.router.fallback import RetryPolicy, run_fallback
 from workers.router.health import HealthBoard
 from workers.router.pacing import Pacer
 from workers.router.policy import healthy_first, order_by_strategy
+from workers.router.rate_limits import RETRY_AFTER_KEY
 from workers.router.stream_assembly import StreamAssembler
 
 if TYPE_CHECKING:
+    from workers.cache.hook import RouterCache
     from workers.router.budgets import AttemptBudgets
 
 log = logging.getLogger("tollway.router")
@@ -93,6 +95,8 @@ class Executor:
     budgets: AttemptBudgets | None = None
     """Budget check + reservation around each attempt (workers/router/budgets.py); None:
     no budgets configured, nothing on the path."""
+    cache: RouterCache | None = None
+    """Exact and semantic response cache (workers/cache/hook.py); None: cache off."""
 
     async def _pace(self, route: Deployment, queued: bool, tokens: int) -> None:
         """Queued work waits for the deployment's quota; interactive work only spends it."""
@@ -202,7 +206,7 @@ class Executor:
 
         return call
 
-    async def execute(
+    async def execute(  # noqa: PLR0911, PLR0912  # +1 exit: an answer from the cache
         self, envelope: RequestEnvelope, emit: Callable[[StreamChunk], None] | None = None
     ) -> Execution:
         """Run the envelope's plan. With `emit`, a `stream: true` request is streamed:
@@ -226,6 +230,11 @@ class Executor:
 
         send: Callable[[Deployment], Awaitable[ProviderReply]]
         embeddings = envelope["endpoint"] == EMBEDDINGS_ENDPOINT
+        cached = None
+        if self.cache is not None and not embeddings:  # a hit makes no provider call
+            cached = await self.cache.before(envelope, request, execution_id, self.router_id, emit)
+            if cached.served is not None:
+                return Execution(*cached.served)
         if embeddings:
             send = self._embed_call(request)
         elif emit is not None and request.get("stream"):
@@ -280,6 +289,8 @@ class Executor:
             "finished_at_ms": self.clock_ms(),
             "metadata": envelope["metadata"],
         }
+        if cached is not None and self.cache is not None:  # store it; `tollway.cache: miss`
+            result = await self.cache.after(cached, result, route, reply)
         return Execution(result, attempts)
 
     def _check_size(self, reply: ProviderReply, embeddings: bool) -> None:
@@ -321,6 +332,12 @@ class Executor:
         if isinstance(error, AllProvidersFailed) and error.last is not None:
             shown = error.last if error.last.http_status == 429 else error
         last = attempts[-1] if attempts else None
+        metadata = envelope["metadata"]
+        retry_after = shown.headers().get("retry-after")
+        if retry_after is not None and isinstance(shown, BudgetExceeded | ServiceUnavailable):
+            # a budget refusal (429) or unknown budget state (503): the ingress answers
+            # with Retry-After, as for its own refusals (0009, result_response)
+            metadata = {**metadata, RETRY_AFTER_KEY: retry_after}
         return {
             "request_id": envelope["request_id"],
             "team_id": envelope["team_id"],
@@ -339,7 +356,7 @@ class Executor:
             **ZERO_USAGE,
             "received_at_ms": envelope["received_at_ms"],
             "finished_at_ms": self.clock_ms(),
-            "metadata": envelope["metadata"],
+            "metadata": metadata,
         }
 
     def _attempt(

@@ -48,4 +48,17 @@ class RouterSettings(BaseSettings):
         description="Worst-case output tokens of a call whose request sets no max_tokens and "
         "whose model has no max output in the price catalogue.",
     )
+    rate_limit_max_waiting: int = Field(
+        default=1_000,
+        ge=1,
+        description="Async/batch records of rate-limited teams that may wait for room at "
+        "once (workers/router/rate_gate.py); at the bound the partitions holding them are "
+        "paused until some are admitted. Memory: this many records at most (plus one poll).",
+    )
+    rate_limit_default_output_tokens: int = Field(
+        default=1_024,
+        ge=1,
+        description="Output tokens charged against a TPM limit at admission for a request "
+        "without max_tokens; settled to the provider's count after the call.",
+    )
     metrics_port: int | None = None

@@ -1,0 +1,98 @@
+"""A dispatcher that dies before it ever committed on a partition must not make its
+successor skip that partition's events.
+
+Found by the chaos run (tests/chaos): a batch finished, its `batch.completed` state landed
+on a tollway.batch-state partition that had never had a record, the dispatcher was killed
+a second later, and its successor started that partition at its END (`start_from=latest`
+applies to every partition without a committed offset): the webhook was never sent. The
+dispatcher now commits the position it starts from on every partition it is assigned, so
+"start at the end" happens once per group, never again on a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from deploy.topics import ensure_topics
+from schemas import codec, topics
+from schemas.batch_topics import ALL_BATCH_AND_CALLBACK_TOPICS
+from schemas.settings import KafkaSettings
+from tests.integration.conftest import free_port
+from tests.integration.kafka_io import produce
+from tests.integration.test_callbacks import Receiver, budget_event, config
+from workers.callbacks.dispatcher import Dispatcher
+from workers.callbacks.settings import CallbacksSettings
+
+pytestmark = pytest.mark.kafka
+
+EVENT_TOPICS = (topics.RESULTS, topics.BUDGET_EVENTS)
+
+
+async def committed(bootstrap: str, group: str) -> dict[TopicPartition, int | None]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
+    await consumer.start()
+    try:
+        return {
+            tp: await consumer.committed(tp)
+            for t in EVENT_TOPICS
+            for tp in (TopicPartition(t.name, p) for p in range(t.partitions))
+        }
+    finally:
+        await consumer.stop()
+
+
+Running = tuple[Dispatcher, "asyncio.Task[None]"]
+
+
+async def run_dispatcher(bootstrap: str, group: str, webhooks: Any) -> Running:
+    settings = CallbacksSettings(
+        group_id=group,
+        allow_http=True,
+        allow_networks=("127.0.0.0/8",),
+        commit_interval_ms=100,
+        timeout_s=2,
+    )
+    dispatcher = Dispatcher(KafkaSettings(bootstrap=bootstrap), settings, webhooks)
+    task = asyncio.create_task(dispatcher.run())
+    await asyncio.wait_for(dispatcher.ready(), 30)
+    return dispatcher, task
+
+
+async def stop(running: Running) -> None:
+    dispatcher, task = running
+    dispatcher.stop()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_an_event_written_between_two_dispatchers_is_delivered_by_the_second(
+    kafka_bootstrap: str,
+) -> None:
+    await ensure_topics(kafka_bootstrap, ALL_BATCH_AND_CALLBACK_TOPICS)
+    group = f"tollway-callbacks-restart-{uuid.uuid4().hex[:8]}"  # brand new: starts at the end
+    receiver = await Receiver(free_port()).start()
+    hook = {"id": "ops", "url": receiver.url, "events": ["budget.*"]}
+    try:
+        first = await run_dispatcher(kafka_bootstrap, group, config([hook]))
+        await stop(first)  # it saw nothing: it had nothing of its own to commit
+        positions = await committed(kafka_bootstrap, group)
+        assert all(offset is not None for offset in positions.values()), positions
+
+        event = budget_event()  # written while no dispatcher runs
+        await produce(
+            kafka_bootstrap,
+            topics.BUDGET_EVENTS.name,
+            [(b"team:default", codec.encode("budget_event", event))],
+        )
+        second = await run_dispatcher(kafka_bootstrap, group, config([hook]))
+        try:
+            await receiver.wait(1)
+        finally:
+            await stop(second)
+        assert len(receiver.received) == 1
+    finally:
+        await receiver.stop()
