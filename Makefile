@@ -10,7 +10,7 @@ KAFKA := deploy/kafka/kafka.sh
 TEST_ENV := TOLLWAY_KAFKA_PORT=29092 TOLLWAY_KAFKA_CONTROLLER_PORT=29093 \
 	TOLLWAY_KAFKA_DIR=$(CURDIR)/.tollway/kafka-test TOLLWAY_KAFKA_BOOTSTRAP=127.0.0.1:29092
 
-.PHONY: setup run test lint typecheck unit integration e2e chaos bench bench-compare kafka-start kafka-stop clean
+.PHONY: setup run test lint typecheck unit integration e2e chaos fuzz bench bench-compare kafka-start kafka-stop clean
 
 setup: $(STAMP)
 
@@ -52,7 +52,7 @@ test: setup lint typecheck
 	$(TEST_ENV) bash $(KAFKA) stop; \
 	exit $$status
 
-# The long chaos run (tests/chaos, ~15 min): a fresh broker of its own (CHAOS_ENV, so a
+# The long chaos run (tests/chaos, ~12 min): a fresh broker of its own (CHAOS_ENV, so a
 # `make test` at the same time is untouched), four rounds of kills, a broker restart,
 # ClickHouse down 60 s; rewrites the results in docs/reliability.md. `make test` runs the
 # short form. TOLLWAY_CHAOS_SEED=<n> repeats a run's fault schedule.
@@ -73,6 +73,11 @@ bench: setup
 # in < 15 min; `make bench-compare BENCH_ARGS=--quick` is a smoke run.
 bench-compare: setup
 	$(BIN)/python bench/compare.py $(BENCH_ARGS)
+
+# Long API fuzzing (schemathesis, every operation; ~20 min per 300 examples here). The
+# short form (5 examples per operation) runs inside `make test` with the unit tier.
+fuzz: setup
+	TOLLWAY_FUZZ_EXAMPLES=$${TOLLWAY_FUZZ_EXAMPLES:-300} $(BIN)/pytest tests/unit/test_fuzz_api.py -q
 
 kafka-start:
 	bash $(KAFKA) start

@@ -30,6 +30,7 @@ from ingress.idempotency import IdempotencyStore
 from ingress.idempotency_kafka import KafkaIdempotencyStore
 from ingress.idempotency_middleware import ASGIApp, IdempotencySettings, with_idempotency
 from ingress.kafka_bus import KafkaBus
+from ingress.openapi import openapi_routes
 from ingress.settings import IngressSettings
 from schemas.routes import load_routes
 from schemas.settings import KafkaSettings
@@ -154,6 +155,7 @@ def run(kafka: KafkaSettings, settings: IngressSettings) -> None:
             batch_surface,
             analytics_routes_for,
             lambda _: admin.routes,
+            openapi_routes,
         ],
     )
     logging.getLogger("tollway.ingress").info(

@@ -110,7 +110,8 @@ def write_reliability(facts: RunFacts, v: Verdict, path: Path = RELIABILITY_MD) 
     section = "\n".join(
         [
             START,
-            f"Last long run: {day}, `make chaos`, {verdict}.",
+            f"Last long run: {day}, `make chaos` (TOLLWAY_CHAOS_FORM=long, a fresh broker), "
+            f"{verdict}.",
             "",
             "| | |",
             "|---|---|",

@@ -208,12 +208,13 @@ async def test_a_streamed_request_is_served_from_the_cache(
 
 
 async def test_an_entry_is_not_served_after_its_ttl(kafka_bootstrap: str, stack: Stack) -> None:
-    service = await stack.router("cache-it-ttl", ttl_s=1)
+    # 5 s: long enough that the second request lands before expiry on a loaded machine.
+    service = await stack.router("cache-it-ttl", ttl_s=5)
     text = f"Spell 'cat'. ({uuid.uuid4().hex})"
     first, _ = await answer(kafka_bootstrap, request(text))
     second, _ = await answer(kafka_bootstrap, request(text))
     assert (cache_status(first), cache_status(second)) == ("miss", "hit")
-    await asyncio.sleep(1.2)
+    await asyncio.sleep(5.2)
     third, _ = await answer(kafka_bootstrap, request(text))
     assert cache_status(third) == "miss"
     assert stack.provider.calls(text) == 2

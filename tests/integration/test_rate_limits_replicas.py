@@ -9,12 +9,15 @@ Over RUN_S = 20 s, both replicas send a steady stream of sync requests of
 Tolerance (docs/decisions/0014): a rebalance during a run restarts the owner's windows,
 at most one extra window's worth per rebalance; the routers settle their partitions
 before the run starts, so none is expected and the assertions allow none.
-The full acceptance (2 minutes, at most 120) is the same test with RUN_S = 120.
+The full acceptance (2 minutes, at most 120) is the same test with
+TOLLWAY_TEST_RATE_LIMIT_RUN_S=120 (at most RPM per 60 s window the run touches).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+import os
 import time
 import uuid
 from typing import Any, Final
@@ -33,7 +36,10 @@ from workers.tenancy.model import Limits, TeamRecord
 
 pytestmark = pytest.mark.kafka
 
-RUN_S: Final = 20
+RUN_S: Final = int(os.environ.get("TOLLWAY_TEST_RATE_LIMIT_RUN_S", "20"))
+"""Seconds of load; the acceptance run (2 minutes) sets the variable to 120."""
+WINDOWS: Final = math.ceil(RUN_S / 60)
+"""60 s windows the run touches: at most RPM (TPM) admitted per window."""
 PER_S: Final = 8  # requests per second per leg, alternating between the two replicas
 RPM: Final = 60
 TPM: Final = 2_000
@@ -81,8 +87,9 @@ async def test_two_ingress_replicas_and_two_routers_hold_rpm_and_tpm(
         await attempts.stop()
 
     statuses = [r["http_status"] for r in rpm_results]
-    assert statuses.count(200) == RPM, statuses  # not RPM x 2 routers
-    assert statuses.count(429) == count - RPM
+    # Not RPM x 2 routers: exactly RPM in a one-window run, at most RPM per window over longer.
+    assert RPM <= statuses.count(200) <= RPM * WINDOWS, statuses
+    assert statuses.count(429) == count - statuses.count(200)
     assert len({v["router_id"] for _, v in calls}) == 1  # one owner counted them all
     refused = [r for r in rpm_results if r["http_status"] == 429]
     retry_after = [int(result_response(r).headers["retry-after"]) for r in refused]
@@ -93,7 +100,7 @@ async def test_two_ingress_replicas_and_two_routers_hold_rpm_and_tpm(
     )
     tpm_admitted = sum(r["http_status"] == 200 for r in tpm_results)
     assert {r["http_status"] for r in tpm_results} <= {200, 429}
-    assert 0 < tpm_used <= TPM, tpm_used
+    assert 0 < tpm_used <= TPM * WINDOWS, tpm_used
     print(
         f"{took_s:.1f}s, 2 ingress + 2 routers: key at {RPM} RPM admitted "
         f"{statuses.count(200)}/{count} (Retry-After {min(retry_after)}-{max(retry_after)} s); "
