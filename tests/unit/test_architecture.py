@@ -40,6 +40,7 @@ PURE: Final = (
     "workers/router/pacing.py",
     "workers/router/lanes.py",
     "workers/router/rate_limits.py",
+    "workers/router/membership.py",
     "workers/router/stream_assembly.py",
     "workers/providers/sse.py",
     "workers/providers/canonical.py",

@@ -53,6 +53,7 @@ from workers.router.budgets import build_budgets
 from workers.router.cancelled import CancelledBatches
 from workers.router.execution import Execution, Executor
 from workers.router.lanes import Lanes, take
+from workers.router.membership import fetched_after_absence
 from workers.router.offsets import OffsetTracker
 from workers.router.rate_gate import RateGate
 from workers.router.settings import RouterSettings
@@ -146,12 +147,17 @@ class Router:
             [topics.REQUESTS_INTERACTIVE.name, topics.REQUESTS_BATCH.name],
             listener=_Rebalance(self),
         )
-        last_commit = time.monotonic()
+        last_commit = last_poll = time.monotonic()
         try:
             while not self._stopping.is_set():
                 self._apply_backpressure()
                 room = self.settings.max_in_flight - self._calls()
                 batch = await self.consumer.getmany(timeout_ms=100, max_records=max(1, room))
+                polled = time.monotonic()
+                away_s, last_poll = polled - last_poll, polled
+                if batch and fetched_after_absence(away_s, self.settings.session_timeout_ms):
+                    self._put_back(batch, away_s)
+                    continue
                 for tp, records in batch.items():
                     for record in self._admitted(tp, records):
                         self.tracker.start(tp, record.offset)
@@ -165,6 +171,25 @@ class Router:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    def _put_back(
+        self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]], away_s: float
+    ) -> None:
+        """Leave a batch fetched before a long absence to whoever owns it now
+        (workers/router/membership.py): seek back to its first record where the
+        partition is still assigned; elsewhere the new owner has it already."""
+        assigned = self.consumer.assignment()
+        for tp, records in batch.items():
+            if records and tp in assigned:
+                self.consumer.seek(tp, records[0].offset)
+        log.warning(
+            "router %s: %.1f s since the last poll (session timeout %d ms): %d fetched "
+            "records put back, not run",
+            self.executor.router_id,
+            away_s,
+            self.settings.session_timeout_ms,
+            sum(len(r) for r in batch.values()),
+        )
 
     def _admitted(
         self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]
