@@ -49,6 +49,12 @@ class AnalyticsSettings(BaseSettings):
     )
     retry_max_backoff_s: float = Field(default=5.0, gt=0)
     session_timeout_ms: int = Field(default=10_000, ge=3_000)
+    loader_metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        description="Port of the loader's Prometheus /metrics listener "
+        "(docs/metrics.md); unset or 0 = none.",
+    )
 
     @field_validator("raw_ttl_days")
     @classmethod

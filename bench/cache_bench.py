@@ -6,8 +6,11 @@ No processes, no network: the cache's own classes in this process.
              (labelled paraphrase / non-paraphrase pairs) at thresholds 0.80-0.95, scored
              as the cache decides: a pair can only match when `decide` gives both the same
              semantic scope (same parameters, same numbers), then by cosine >= threshold
-    embed    ms per short prompt of the numpy all-MiniLM-L6-v2 (the set's prompts, one at
-             a time, as a router embeds them): p50/p99 wall and CPU (thread time)
+    embed    ms per short prompt of all-MiniLM-L6-v2 (the set's prompts, one at a time,
+             as a router embeds them): p50/p99 wall and CPU (thread time); `--embedder
+             reference` times the float32 numpy pass instead of the served model
+    fidelity the served (8-bit, onnxruntime) embedding of every text of the set against
+             the float32 reference: per-text cosine min / p1 / mean (0020: >= 0.99)
     lookup   semantic lookup at 100k entries in ONE scope (the worst case): p50/p99 wall
              and CPU per lookup, and agreement with an exact flat scan at the threshold
     replay   a replayed workload with repeats through ResponseCache: requests drawn from
@@ -15,7 +18,8 @@ No processes, no network: the cache's own classes in this process.
              exact, semantic and total hit rates, and false hits (an answer served to a
              prompt of another class)
 
-    .venv/bin/python bench/cache_bench.py [--phases eval,embed,lookup,replay] [--entries N]
+    .venv/bin/python bench/cache_bench.py [--phases eval,embed,fidelity,lookup,replay]
+        [--entries N] [--embedder served|reference]
 
 Writes bench/out/cache_bench.json. On a shared machine prefer the CPU columns: the
 wall-clock p99 includes time the process spent waiting for a core.
@@ -44,6 +48,7 @@ from schemas.records import ZERO_USAGE  # noqa: E402
 from workers.cache.cache import ResponseCache  # noqa: E402
 from workers.cache.canonical import CachePolicy, decide, guard_refuses  # noqa: E402
 from workers.cache.minilm import MiniLM  # noqa: E402
+from workers.cache.minilm_reference import ReferenceMiniLM  # noqa: E402
 from workers.cache.semantic import ScopeIndex  # noqa: E402
 from workers.cache.settings import DEFAULT_THRESHOLD  # noqa: E402
 from workers.cache.store import CachedAnswer, ExactStore  # noqa: E402
@@ -64,8 +69,11 @@ def chat(user: str, system: str | None = None) -> dict[str, Any]:
     return {"model": "gpt-4o-mini", "messages": messages, "temperature": 0}
 
 
+Model = MiniLM | ReferenceMiniLM
+
+
 def score_pairs(
-    model: MiniLM,
+    model: Model,
     rows: Iterable[dict[str, Any]],
     policy: CachePolicy,
     *,
@@ -113,7 +121,7 @@ def precision_recall(
     }
 
 
-def phase_eval(model: MiniLM) -> dict[str, Any]:
+def phase_eval(model: Model) -> dict[str, Any]:
     rows = load_pairs()
     out: dict[str, Any] = {"pairs": len(rows), "positives": sum(r["paraphrase"] for r in rows)}
     variants = {
@@ -143,7 +151,7 @@ def _percentiles(samples_ms: list[float]) -> dict[str, float]:
     }
 
 
-def phase_embed(model: MiniLM, rounds: int = 3) -> dict[str, Any]:
+def phase_embed(model: Model, rounds: int = 3) -> dict[str, Any]:
     prompts = sorted({r[k] for r in load_pairs() for k in ("a", "b")})
     for p in prompts[:20]:
         model.embed(p)  # warm caches
@@ -158,6 +166,7 @@ def phase_embed(model: MiniLM, rounds: int = 3) -> dict[str, Any]:
             wall.append((time.perf_counter() - t0) * 1000)
     tokens = [len(model.tokenizer.encode(p, 256).ids) for p in prompts]
     out: dict[str, Any] = {
+        "embedder": type(model).__name__,
         "prompts": len(prompts),
         "calls": len(wall),
         "tokens_p50": float(np.percentile(tokens, 50)),
@@ -165,10 +174,34 @@ def phase_embed(model: MiniLM, rounds: int = 3) -> dict[str, Any]:
         "wall": _percentiles(wall),
         "cpu": _percentiles(cpu),
     }
-    print(f"\nembed: {len(prompts)} prompts x {rounds}, {out['tokens_p50']:.0f} tokens median "
+    print(f"\nembed ({out['embedder']}): {len(prompts)} prompts x {rounds}, "
+          f"{out['tokens_p50']:.0f} tokens median "
           f"(max {out['tokens_max']}): wall p50 {out['wall']['p50_ms']:.2f} ms p99 "
           f"{out['wall']['p99_ms']:.2f} ms; CPU p50 {out['cpu']['p50_ms']:.2f} ms p99 "
           f"{out['cpu']['p99_ms']:.2f} ms")  # fmt: skip
+    return out
+
+
+def phase_fidelity(model: Model) -> dict[str, Any]:
+    """Cosine of `model`'s embedding to the float32 reference's, per text of the set
+    (prompts and system prompts, as the cache embeds them alone)."""
+    rows = load_pairs()
+    texts = sorted({r[k] for r in rows for k in ("a", "b", "system_a", "system_b") if r.get(k)})
+    reference = ReferenceMiniLM.load()
+    cosines = np.array([float(model.embed(t)[0] @ reference.embed(t)[0]) for t in texts])
+    worst = int(np.argmin(cosines))
+    out: dict[str, Any] = {
+        "embedder": type(model).__name__,
+        "texts": len(texts),
+        "cos_min": float(cosines.min()),
+        "cos_p1": float(np.percentile(cosines, 1)),
+        "cos_mean": float(cosines.mean()),
+        "below_0_99": int((cosines < 0.99).sum()),
+        "worst_text": texts[worst],
+    }
+    print(f"\nfidelity ({out['embedder']} vs float32 reference): {len(texts)} texts, cosine "
+          f"min {out['cos_min']:.5f} p1 {out['cos_p1']:.5f} mean {out['cos_mean']:.5f}; "
+          f"{out['below_0_99']} below 0.99; worst {texts[worst]!r}")  # fmt: skip
     return out
 
 
@@ -176,7 +209,7 @@ def _unit(x: Any) -> Any:
     return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
 
-def phase_lookup(model: MiniLM, entries: int, queries: int = 2_000) -> dict[str, Any]:
+def phase_lookup(model: Model, entries: int, queries: int = 2_000) -> dict[str, Any]:
     """100k vectors shaped like prompt embeddings: real embeddings of the set's prompts plus
     synthetic ones around 5,000 topic centres (MiniLM embeddings of a team's traffic are
     clustered, not uniform); queries are near-duplicates of stored vectors (the case that
@@ -263,7 +296,7 @@ def _classes(rows: list[dict[str, Any]]) -> list[list[str]]:
     return sorted(sorted(g) for g in groups.values())
 
 
-def phase_replay(model: MiniLM, requests: int = 3_000, zipf_s: float = 1.1) -> dict[str, Any]:
+def phase_replay(model: Model, requests: int = 3_000, zipf_s: float = 1.1) -> dict[str, Any]:
     classes = _classes(load_pairs())
     rng = random.Random(8)
     weights = [1 / (rank + 1) ** zipf_s for rank in range(len(classes))]
@@ -325,14 +358,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--phases", default="eval,embed,lookup,replay")
     parser.add_argument("--entries", type=int, default=100_000)
+    parser.add_argument(
+        "--embedder",
+        choices=("served", "reference"),
+        default="served",
+        help="served: the router's model (minilm.py); reference: the float32 numpy pass",
+    )
     args = parser.parse_args()
     phases = args.phases.split(",")
-    model = MiniLM.load()
+    model: Model = MiniLM.load() if args.embedder == "served" else ReferenceMiniLM.load()
     results: dict[str, Any] = {"load_avg": os.getloadavg(), "cpus": os.cpu_count()}
     if "eval" in phases:
         results["eval"] = phase_eval(model)
     if "embed" in phases:
         results["embed"] = phase_embed(model)
+    if "fidelity" in phases:
+        results["fidelity"] = phase_fidelity(model)
     if "lookup" in phases:
         results["lookup"] = phase_lookup(model, args.entries)
     if "replay" in phases:

@@ -22,7 +22,9 @@ or < 90 % of the rate offered (bench/compare_stats.py). Scenarios:
   batch      Tollway: N-line JSONL through the Files and Batches API (upload -> all lines
              enqueued -> completed), against the same 50 ms mock (no provider limits)
   async      Tollway: POST /v1/async/chat/completions (202) up a rate ladder (single),
-             then a burst of N requests from 256 connections (bulk)
+             then a burst of N requests from 256 connections, then the bulk endpoint
+             (POST /v1/async/bulk/chat/completions: --bulk-api-n requests in calls of
+             1,000 from 4 connections, bench/bulk_accept.py; the issue's bulk target)
   budget-lag Tollway: bench/budget_lag.py as a subprocess on this bench's Kafka (its
              bench/out/budget_lag.json); full runs only
 LiteLLM has no async acceptance endpoint and its batches API forwards to a provider's
@@ -38,6 +40,8 @@ once if one of the HTTP ports is taken.
 
     python bench/compare.py [--quick] [--systems mock,tollway,tollway-core,litellm]
         [--scenarios sync,stream,cost-lag,batch,async,budget-lag] [--batch-n 50000]
+
+The bulk endpoint alone, on Kafka and one ingress only: `python bench/bulk_accept.py --start`.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path[:0] = [str(REPO), str(BENCH)]
 
+import bulk_accept  # noqa: E402
 import httpx  # noqa: E402
 import litellm_proxy  # noqa: E402
 import openloop  # noqa: E402
@@ -126,6 +131,7 @@ class Plan:
     async_rates: tuple[float, ...]
     async_step_s: float
     bulk_n: int
+    bulk_api_n: int
     batch_n: int
     cost_lag_s: float
     settle_s: float
@@ -152,6 +158,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         async_rates=(250,) if quick else (100, 250, 500, 1000, 2000, 4000, 8000),
         async_step_s=2.5 if quick else 4.0,
         bulk_n=args.bulk_n or (2_000 if quick else 10_000),
+        bulk_api_n=args.bulk_api_n or (5_000 if quick else 50_000),
         batch_n=args.batch_n or (2_000 if quick else 50_000),
         cost_lag_s=5.0 if quick else 20.0,
         settle_s=4.0 if quick else 15.0,
@@ -491,6 +498,8 @@ def run_tollway(plan: Plan, core: bool = False) -> dict[str, Any]:
             )  # fmt: skip
             out["async_bulk"] = bulk(async_url, pids, plan.bulk_n)
             print(f"  tollway async bulk: {out['async_bulk']}", file=sys.stderr, flush=True)
+            out["async_bulk_api"] = bulk_accept.measure(system.url, pids, plan.bulk_api_n)
+            print(f"  tollway bulk API: {out['async_bulk_api']}", file=sys.stderr, flush=True)
         out["peak_rss_mb_end"] = peak_rss(pids)
     finally:
         system.stop()
@@ -778,6 +787,9 @@ def main() -> None:
     parser.add_argument("--sync-rates", default="", help="sync ladder, e.g. 25,50,100")
     parser.add_argument("--batch-n", type=int, default=0, help="batch lines (50,000; quick 2,000)")
     parser.add_argument("--bulk-n", type=int, default=0, help="bulk async requests")
+    parser.add_argument(
+        "--bulk-api-n", type=int, default=0, help="requests via the bulk endpoint (50,000)"
+    )
     parser.add_argument("--mock-latency-ms", type=int, default=50)
     parser.add_argument("--routers", type=int, default=1)
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")

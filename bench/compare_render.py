@@ -179,11 +179,11 @@ def targets(report: Mapping[str, Any]) -> list[Target]:
             None if added_100 is None else added_100["p99_ms"],
         ),
         Target(
-            "async acceptance, bulk (HTTP, 256 connections)",
+            "async acceptance, bulk (POST /v1/async/bulk/chat/completions)",
             5000,
             ">=",
             "req/s",
-            tollway.get("async_bulk", {}).get("accepted_per_s"),
+            tollway.get("async_bulk_api", {}).get("accepted_per_s"),
         ),
         Target(
             f"batch end to end ({_fmt(lines)} lines)",
@@ -419,6 +419,22 @@ def render(report: Mapping[str, Any]) -> str:
             f"Bulk: {_fmt(bulk['requests'])} requests from 256 connections (closed loop): "
             f"**{_fmt(bulk['accepted_per_s'])} accepted/s**, {bulk['errors']} errors, "
             f"latency p50 {bulk['latency']['p50_ms']} / p99 {bulk['latency']['p99_ms']} ms.",
+            "",
+        ]
+    bulk_api = tollway.get("async_bulk_api")
+    if bulk_api:
+        cpu = bulk_api.get("cpu_ms_per_accepted", {})
+        lines += [
+            f"Bulk endpoint (bench/bulk_accept.py): {_fmt(bulk_api['requests'])} requests in "
+            f"calls of {_fmt(bulk_api['items_per_call'])} to `POST "
+            f"/v1/async/bulk/chat/completions` from {bulk_api['connections']} connections "
+            f"(closed loop): **{_fmt(bulk_api['accepted_per_s'])} accepted/s**, "
+            f"{_fmt(bulk_api['accepted'])} queued, {bulk_api['refused_items']} refused, call "
+            f"statuses {bulk_api['call_statuses']}; call latency p50 "
+            f"{bulk_api['call_latency_ms']['p50_ms']} / p99 "
+            f"{bulk_api['call_latency_ms']['p99_ms']} ms; CPU ms per accepted request: "
+            f"ingress {cpu.get('ingress')}, kafka {cpu.get('kafka')}; load average "
+            f"{bulk_api['load_avg_before']} before, {bulk_api['load_avg_after']} after.",
             "",
         ]
     batch = tollway.get("batch")

@@ -19,15 +19,49 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from typing import Final
 
 from schemas.settings import KafkaSettings
 
+SERVICES: Final = frozenset(
+    {
+        "ingress",
+        "router",
+        "mock-provider",
+        "cost-processor",
+        "budget-processor",
+        "loader",
+        "batches-worker",
+        "callbacks",
+        "clickhouse",
+    }
+)
+"""The long-running processes: JSON logs by default, and traced when tracing is on
+(workers/telemetry/logs.py, workers/telemetry/tracing.py)."""
 
-def _logging() -> None:
-    logging.basicConfig(
+
+def component_of(args: argparse.Namespace) -> str:
+    """The process's component name: the command (`analytics serve` is `clickhouse`)."""
+    command = str(args.command)
+    if command == "analytics" and getattr(args, "analytics_command", None) == "serve":
+        return "clickhouse"
+    return command
+
+
+def _logging(component: str = "tollway") -> None:
+    """Logs as TOLLWAY_LOG_FORMAT says (json for the services, text for interactive
+    commands, by default), secrets redacted; spans as TOLLWAY_OTEL_EXPORTER says."""
+    from workers.telemetry.logs import configure_logging
+    from workers.telemetry.tracing import setup_tracing
+
+    service = component in SERVICES
+    configure_logging(
+        component,
         level=os.environ.get("TOLLWAY_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        default_format="json" if service else "text",
     )
+    if service:
+        setup_tracing(f"tollway-{component}")
     # httpx logs every request at INFO: on the router's hot path that is CPU per call.
     for noisy in ("aiokafka", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -165,6 +199,10 @@ def _cmd_up(args: argparse.Namespace) -> int:
             ),
             flush=True,
         )
+        print("Prometheus metrics (docs/metrics.md):", flush=True)
+        for component in stack.components:
+            if component.metrics_url is not None:
+                print(f"  {component.name:<17} {component.metrics_url}", flush=True)
         while not stopping:
             dead = [c.name for c in stack.components if not c.alive()]
             if dead:
@@ -231,8 +269,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    _logging()
     args = parser().parse_args(argv)
+    _logging(component_of(args))
     code: int = args.func(args)
     return code
 

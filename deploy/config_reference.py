@@ -112,7 +112,6 @@ FALLBACK_DESCRIPTIONS: Final[dict[str, str]] = {
     "TOLLWAY_ROUTER_MAX_POLL_INTERVAL_MS": "Kafka max.poll.interval.ms of the router consumer.",
     "TOLLWAY_ROUTER_SESSION_TIMEOUT_MS": "Kafka session timeout: a dead router's partitions "
     "move after this.",
-    "TOLLWAY_ROUTER_METRICS_PORT": "Reserved; no metrics server reads it yet.",
     "TOLLWAY_BUDGET_PRUNE_EVERY_S": "How often expired buckets and dedup slots are dropped.",
     "TOLLWAY_BUDGET_WEB_PORT": "faust's web server; unset = off.",
     "TOLLWAY_BUDGET_SESSION_TIMEOUT_S": "Kafka session timeout of the budget processor.",
@@ -158,6 +157,10 @@ DIRECT_DESCRIPTIONS: Final[dict[str, str]] = {
     "TOLLWAY_MOCK_FAST_PORT": "The benchmark's raw-asyncio mock (fast_server.py): port.",
     "OPENAI_API_KEY": "Set: the built-in catalogue routes `gpt-*` to OpenAI (and `tollway up` "
     "starts no mock). Any routes file names its own key variables (`api_key_env`).",
+    "TOLLWAY_LOG_FORMAT": "`json` or `text`; unset: json for the long-running processes, "
+    "text for interactive commands (docs/observability-tracing.md).",
+    "TOLLWAY_OTEL_EXPORTER": "Tracing: `none` (unset: off), `otlp` (to "
+    "OTEL_EXPORTER_OTLP_ENDPOINT) or `jsonl:<path>` (docs/observability-tracing.md).",
 }
 
 _ENV_NAME: Final = re.compile(r"^[A-Z][A-Z0-9_]*$")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -60,12 +61,44 @@ def start_kafka() -> str:
     return bootstrap
 
 
+METRICS_PORT_ENV: dict[str, str] = {
+    "ingress": "TOLLWAY_INGRESS_METRICS_PORT",
+    "router": "TOLLWAY_ROUTER_METRICS_PORT",
+    "cost-processor": "TOLLWAY_COST_METRICS_PORT",
+    "budget-processor": "TOLLWAY_BUDGET_METRICS_PORT",
+    "loader": "TOLLWAY_ANALYTICS_LOADER_METRICS_PORT",
+    "callbacks": "TOLLWAY_CALLBACKS_METRICS_PORT",
+    "batches-worker": "TOLLWAY_BATCHES_METRICS_PORT",
+}
+"""The metrics-port variable of each `tollway` command that serves /metrics."""
+
+
+def free_loopback_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def expose_metrics(component: Component) -> None:
+    """Give `component` a free loopback metrics port of its own (replicas share no
+    variable: each gets its own env copy) and record the URL in `metrics_url`."""
+    variable = METRICS_PORT_ENV.get(component.args[0])
+    if variable is None:
+        return
+    port = free_loopback_port()
+    component.env = {**component.env, variable: str(port)}
+    component.metrics_url = f"http://127.0.0.1:{port}/metrics"
+
+
 @dataclass
 class Component:
     name: str
     args: list[str]
     env: dict[str, str]
     health_url: str | None = None
+    metrics_url: str | None = None
+    """Its Prometheus /metrics listener (set by `Stack.plan`; docs/metrics.md)."""
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     _log: IO[bytes] | None = field(default=None, repr=False)
@@ -188,15 +221,21 @@ class Stack:
                 f"{self.url}/readyz",
             )
         )
+        for part in parts:
+            expose_metrics(part)
         return parts
 
     def start(self, bootstrap: str, timeout_s: float = 60.0) -> None:
         self.components = self.plan(bootstrap)
-        for component in self.components:
-            component.start(self.log_dir)
-        deadline = time.monotonic() + timeout_s
-        for component in self.components:
-            self.wait_healthy(component, deadline)
+        try:
+            for component in self.components:
+                component.start(self.log_dir)
+            deadline = time.monotonic() + timeout_s
+            for component in self.components:
+                self.wait_healthy(component, deadline)
+        except BaseException:
+            self.stop()  # a failed start leaves no orphan processes behind
+            raise
 
     def wait_healthy(self, component: Component, deadline: float) -> None:
         while True:

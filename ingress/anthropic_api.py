@@ -33,11 +33,18 @@ from ingress.anthropic_answer import (
     to_message,
 )
 from ingress.anthropic_format import MESSAGES_ENDPOINT, parse_messages_request, to_chat_request
-from ingress.app import REQUEST_ID_HEADER, Ingress, json_response, read_body
+from ingress.app import (
+    REQUEST_ID_HEADER,
+    Ingress,
+    json_response,
+    read_body,
+    result_headers,
+    stream_cache_header,
+)
 from ingress.bus import StreamItem
 from schemas.errors import DeadlineExceeded, TollwayError
 from schemas.records import Result
-from workers.router.rate_limits import RETRY_AFTER_KEY
+from workers.cache.canonical import cache_control_metadata
 
 ANTHROPIC_REQUEST_ID_HEADER = "request-id"
 """Anthropic's own request id header; the SDK exposes it as `message._request_id`."""
@@ -64,12 +71,7 @@ def error_response(error: TollwayError, request_id: str | None = None) -> Respon
 def result_response(result: Result) -> Response:
     """A finished sync result as a Message, or as an error with the result's status."""
     request_id = result["request_id"]
-    headers = {**_id_headers(request_id), "x-tollway-attempts": str(result["attempts"])}
-    if result["deployment"]:
-        headers["x-tollway-deployment"] = result["deployment"]
-    retry_after = result["metadata"].get(RETRY_AFTER_KEY)  # a router's 429/503 (0009, 0014)
-    if retry_after is not None:
-        headers["retry-after"] = retry_after
+    headers = {**_id_headers(request_id), **result_headers(result)}
     if result["status"] == "failed":
         body = error_from_openai(result["body"], result["http_status"], request_id)
         return json_response(body, result["http_status"], headers)
@@ -102,6 +104,8 @@ class MessagesApi:
                 principal=principal,
                 context=context,
                 endpoint=MESSAGES_ENDPOINT,
+                # Cache-Control: no-cache / no-store, as on /v1/chat/completions (0017).
+                extra_metadata=cache_control_metadata(request.headers.get("cache-control")),
                 response_headers=headers,
             )
         except TollwayError as exc:
@@ -166,5 +170,9 @@ class MessagesApi:
         return StreamingResponse(
             events(),
             media_type="text/event-stream",
-            headers={**_id_headers(request_id), "cache-control": "no-cache"},
+            headers={
+                **_id_headers(request_id),
+                "cache-control": "no-cache",
+                **stream_cache_header(first),
+            },
         )

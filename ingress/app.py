@@ -4,6 +4,7 @@
     POST /v1/async/chat/completions   publish, answer 202 {id} once Kafka acknowledged it
     POST /v1/embeddings               publish, wait for the reply (sync only), answer as chat
     GET  /v1/async/requests/{id}      queued | succeeded | failed, with the result
+    POST /v1/async/bulk/chat/completions   many async requests per call (ingress/bulk_api.py)
     GET  /v1/models                   the routing table's public model names
     GET  /healthz, /readyz            alive; ready = Kafka reachable and result index caught up
 
@@ -25,8 +26,9 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -68,7 +70,7 @@ from schemas.errors import (
     TollwayError,
 )
 from schemas.openai import EMBEDDINGS_ENDPOINT
-from schemas.records import BatchState, Mode, Result
+from schemas.records import BatchState, Mode, RequestEnvelope, Result
 from schemas.routes import RoutesConfig
 from workers.cache.canonical import CACHE_HEADER, CACHE_STATUS_KEY, cache_control_metadata
 from workers.callbacks.events import (
@@ -78,6 +80,7 @@ from workers.callbacks.events import (
     validate_callback_url,
 )
 from workers.router.rate_limits import RETRY_AFTER_KEY
+from workers.telemetry.metrics import error_metrics
 
 REQUEST_ID_HEADER = "x-tollway-request-id"
 
@@ -89,26 +92,40 @@ def json_response(
 
 
 def error_response(error: TollwayError, request_id: str | None = None) -> Response:
+    error_metrics().count(type(error).__name__)  # tollway_errors_total{error_class}
     headers = error.headers()
     if request_id is not None:
         headers[REQUEST_ID_HEADER] = request_id
     return json_response(error.to_body(), error.http_status, headers)
 
 
-def result_response(result: Result) -> Response:
+def result_headers(result: Result) -> dict[str, str]:
+    """The response headers a finished sync result carries, on every API surface."""
     headers = {
         REQUEST_ID_HEADER: result["request_id"],
         "x-tollway-attempts": str(result["attempts"]),
     }
     if result["deployment"]:
         headers["x-tollway-deployment"] = result["deployment"]
-    retry_after = result["metadata"].get(RETRY_AFTER_KEY)  # a router's rate-limit 429 (0014)
+    retry_after = result["metadata"].get(RETRY_AFTER_KEY)  # a router's 429/503 (0009, 0014)
     if retry_after is not None:
         headers["retry-after"] = retry_after
     cache = result["metadata"].get(CACHE_STATUS_KEY)  # hit | semantic-hit | miss (0017)
     if cache is not None:
         headers[CACHE_HEADER] = cache
-    return Response(result["body"], result["http_status"], headers, media_type="application/json")
+    return headers
+
+
+def stream_cache_header(first: Mapping[str, object]) -> dict[str, str]:
+    """x-tollway-cache for a stream: its first chunk says whether it came from the cache."""
+    cache = first.get("cache")
+    return {CACHE_HEADER: cache} if isinstance(cache, str) and cache else {}
+
+
+def result_response(result: Result) -> Response:
+    return Response(
+        result["body"], result["http_status"], result_headers(result), media_type="application/json"
+    )
 
 
 async def read_body(request: Request, limit_bytes: int) -> bytes:
@@ -147,8 +164,29 @@ def take_callback_url(body: bytes, mode: Mode) -> tuple[bytes, dict[str, str]]:
     return orjson.dumps(raw), {CALLBACK_URL_KEY: url}
 
 
+def with_field(body: bytes, field: str, value: object) -> bytes:
+    """`body` (a JSON object parse_chat_request has validated) with one top-level field set."""
+    raw = orjson.loads(body)
+    raw[field] = value
+    return orjson.dumps(raw)
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A request that passed admission (`Ingress.prepare`) and is not published yet."""
+
+    envelope: RequestEnvelope
+    principal: Principal
+    stream: bool
+    """A sync request that asked for server-sent events."""
+
+    @property
+    def request_id(self) -> str:
+        return self.envelope["request_id"]
 
 
 class Ingress:
@@ -219,7 +257,51 @@ class Ingress:
         Returns (request_id, waiter): for sync, the reply future or (stream) the
         chunk queue; None for async. Other API surfaces (e.g. Anthropic's
         /v1/messages) translate their body to the canonical one and call this.
+        Two steps, `prepare` then `publish` (the bulk endpoint, ingress/bulk_api.py,
+        prepares many and publishes them together).
         """
+        prepared = self.prepare(
+            body,
+            mode,
+            principal=principal,
+            context=context,
+            endpoint=endpoint,
+            extra_metadata=extra_metadata,
+            id_seed=id_seed,
+            response_headers=response_headers,
+        )
+        request_id = prepared.request_id
+        waiter: Any = None
+        if mode == "sync":
+            waiter = (
+                self.bus.expect_stream(request_id)
+                if prepared.stream
+                else self.bus.expect_reply(request_id)
+            )
+        try:
+            await self.publish(prepared)
+        except BaseException:
+            self.bus.forget_reply(request_id)
+            raise
+        return request_id, waiter
+
+    def prepare(
+        self,
+        body: bytes,
+        mode: Mode,
+        *,
+        principal: Principal,
+        context: RequestContext | None = None,
+        endpoint: str = CHAT_ENDPOINT,
+        extra_metadata: dict[str, str] | None = None,
+        id_seed: str | None = None,
+        response_headers: dict[str, str] | None = None,
+    ) -> Prepared:
+        """Every admission check of `submit` (a `TollwayError` when one refuses), and the
+        envelope to publish. No I/O and no await: an async request's queue-cap check and
+        its slot (`Gatekeeper.async_accepted`) happen together, so requests prepared one
+        after another count each other. The caller must `publish` what it prepared; a
+        failed publish gives the slot back."""
         gate = self.gatekeeper
         team_id, key_id = principal.team_id, principal.key_id
         wallet = gate.wallet(principal)
@@ -231,9 +313,11 @@ class Ingress:
             chat = parse_chat_request(body, self.routes, team_id=team_id, key_id=key_id)
             model, stream, metadata = chat.model, bool(chat.stream), dict(chat.metadata or {})
             user = chat.user
-            wallet.check_output_tokens(
+            implied_cap = wallet.check_output_tokens(
                 {"max_tokens": chat.max_tokens, "max_completion_tokens": chat.max_completion_tokens}
             )
+            if implied_cap is not None:  # the wallet limit, not the provider's maximum
+                body = with_field(body, "max_completion_tokens", implied_cap)
         if stream and mode != "sync":
             raise InvalidRequest("stream=true needs the synchronous endpoint.", param="stream")
         if any(key.startswith(RESERVED_PREFIX) for key in metadata):
@@ -269,19 +353,19 @@ class Ingress:
             metadata=metadata,
             endpoint=endpoint,
         )
-        waiter: Any = None
-        if mode == "sync":
-            waiter = (
-                self.bus.expect_stream(request_id) if stream else self.bus.expect_reply(request_id)
-            )
-        try:
-            await self.bus.publish(topics.REQUESTS_INTERACTIVE.name, envelope)
-        except BaseException:
-            self.bus.forget_reply(request_id)
-            raise
-        if mode == "async":
+        if mode == "async":  # counted from now on: given back if the publish fails
             gate.async_accepted(principal, request_id, received)
-        return request_id, waiter
+        return Prepared(envelope, principal, stream)
+
+    async def publish(self, prepared: Prepared) -> None:
+        """Write a prepared request to Kafka and wait for acks=all (`ServiceUnavailable`,
+        503, when it could not be written; nothing was accepted then)."""
+        try:
+            await self.bus.publish(topics.REQUESTS_INTERACTIVE.name, prepared.envelope)
+        except BaseException:
+            if prepared.envelope["mode"] == "async":
+                self.gatekeeper.async_released(prepared.principal, prepared.request_id)
+            raise
 
     async def chat_completions(self, request: Request) -> Response:
         headers: dict[str, str] = {}
@@ -330,6 +414,7 @@ class Ingress:
             self.bus.forget_reply(request_id)
             return result_response(first)
         execution_id = first["execution_id"]
+        headers = {**(headers or {}), **stream_cache_header(first)}
 
         async def events() -> AsyncIterator[bytes]:
             try:

@@ -127,6 +127,11 @@ class Gatekeeper:
         if self.wallet(principal).max_queued_requests is not None:
             self.queues.accepted(principal.team_id, request_id, now_ms)
 
+    def async_released(self, principal: Principal, request_id: str) -> None:
+        """Undo `async_accepted` for a request whose publish failed (nothing was queued)."""
+        if self.wallet(principal).max_queued_requests is not None:
+            self.queues.released(principal.team_id, request_id)
+
     def check_batch(self, principal: Principal, lines: int, now_ms: int) -> None:
         """Batch create: 400 over `max_batch_lines`, 429 over `max_queued_requests`."""
         wallet = self.wallet(principal)

@@ -109,18 +109,20 @@ class WalletPolicy:
         if cap is not None and size_bytes > cap[0]:
             self._refuse("max_input_bytes", size_bytes, cap, "The request body in bytes", None)
 
-    def check_output_tokens(self, requested: Mapping[str, int | None]) -> None:
+    def check_output_tokens(self, requested: Mapping[str, int | None]) -> int | None:
         """`requested`: the request's output caps by field (`max_tokens`,
         `max_completion_tokens`; None = absent).
 
-        A request that names no output cap is not refused here (the provider's own maximum
-        applies; the routers reserve budget for it as for any request)."""
+        Refuses a cap over the limit. Returns the limit to write into a request that names
+        no cap at all (else the provider's own maximum, often far larger, would apply), or
+        None when the request is capped already or there is no limit."""
         cap = self.cap("max_output_tokens")
         if cap is None:
-            return
+            return None
         for field, value in requested.items():
             if value is not None and value > cap[0]:
                 self._refuse("max_output_tokens", value, cap, f"The requested {field}", field)
+        return cap[0] if all(value is None for value in requested.values()) else None
 
     def check_batch_lines(self, lines: int) -> None:
         cap = self.cap("max_batch_lines")

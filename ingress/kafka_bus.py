@@ -37,7 +37,10 @@ from schemas.errors import CorruptRecord, ServiceUnavailable
 from schemas.kafka_partitioner import KeyPartitioner, partition_for_key
 from schemas.records import RequestEnvelope, Result
 from schemas.settings import KafkaSettings
+from workers.producer_renewal import RenewableProducer, producer_state_lost
 from workers.router.rate_limits import is_rate_limited
+from workers.telemetry.logs import bind_request_id
+from workers.telemetry.tracing import inject_headers, start_span
 from workers.tenancy.model import TenancyView
 
 log = logging.getLogger("tollway.ingress.kafka")
@@ -53,7 +56,7 @@ def request_key(envelope: RequestEnvelope) -> bytes:
 class KafkaBus(ReplyWaiters):
     """`Bus` over Kafka. Clients are created in `start()` (none exist before it)."""
 
-    producer: AIOKafkaProducer
+    _producers: RenewableProducer
     _replies: AIOKafkaConsumer
     _results: AIOKafkaConsumer
     _fetcher: AIOKafkaConsumer
@@ -83,23 +86,31 @@ class KafkaBus(ReplyWaiters):
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
+    def producer(self) -> AIOKafkaProducer:
+        """The current producer (a new one after a loss of idempotence state)."""
+        return self._producers.current
+
+    @property
     def reply_partition(self) -> int:
         return self._reply_partition
 
     async def start(self) -> None:
         common = {"bootstrap_servers": self._kafka.bootstrap, "client_id": self._client_id}
-        self.producer = AIOKafkaProducer(
-            **common,
-            enable_idempotence=True,
-            acks="all",
-            linger_ms=0,  # measured: linger 2 ms adds ~2.8 ms per hop; load batches anyway
-            # A team with a hard budget is one partition (0009): a burst of its requests
-            # queues behind one in-flight request per broker; 16 KiB batches (the default)
-            # made 1,000 at once take ~12 s here, 256 KiB ~1.3 s.
-            max_batch_size=256 * 1024,
-            max_request_size=topics.REQUEST_RECORD_MAX_BYTES,
-            partitioner=KeyPartitioner(),  # Kafka's murmur2, at half aiokafka's cost (0012)
-            request_timeout_ms=self._kafka.request_timeout_ms,
+        # Replaced, not retried, when the broker lost its idempotence state (0021).
+        self._producers = RenewableProducer(
+            lambda: AIOKafkaProducer(
+                **common,
+                enable_idempotence=True,
+                acks="all",
+                linger_ms=0,  # measured: linger 2 ms adds ~2.8 ms per hop; load batches anyway
+                # A team with a hard budget is one partition (0009): a burst of its requests
+                # queues behind one in-flight request per broker; 16 KiB batches (the default)
+                # made 1,000 at once take ~12 s here, 256 KiB ~1.3 s.
+                max_batch_size=256 * 1024,
+                max_request_size=topics.REQUEST_RECORD_MAX_BYTES,
+                partitioner=KeyPartitioner(),  # Kafka's murmur2, at half aiokafka's cost (0012)
+                request_timeout_ms=self._kafka.request_timeout_ms,
+            )
         )
         self._replies = AIOKafkaConsumer(**common, enable_auto_commit=False, group_id=None)
         self._results = AIOKafkaConsumer(
@@ -153,16 +164,28 @@ class KafkaBus(ReplyWaiters):
         if not self._started:
             raise ServiceUnavailable("Kafka is not connected yet: the request was not accepted.")
         value = codec.encode("request", envelope)
-        try:
-            # One timeout scope, no extra task per request (send_and_wait under wait_for).
-            async with asyncio.timeout(self._kafka.request_timeout_ms / 1000):
-                ack = await self.producer.send(topic, value, key=self.partition_key(envelope))
-                await ack
-        except (KafkaError, TimeoutError) as exc:
-            raise ServiceUnavailable(
-                "The request could not be written to Kafka and was not accepted; retry later.",
-                retry_after_s=1,
-            ) from exc
+        bind_request_id(envelope["request_id"])  # this request's task logs with its id
+        # The trace context rides in the record's headers (workers/telemetry/tracing.py).
+        attributes = {
+            "messaging.destination.name": topic,
+            "tollway.request_id": envelope["request_id"],
+        }
+        producer = self.producer
+        with start_span(f"publish {topic}", kind="producer", attributes=attributes):
+            try:
+                # One timeout scope, no extra task per request (send_and_wait under wait_for).
+                async with asyncio.timeout(self._kafka.request_timeout_ms / 1000):
+                    ack = await producer.send(
+                        topic, value, key=self.partition_key(envelope), headers=inject_headers()
+                    )
+                    await ack
+            except (KafkaError, TimeoutError) as exc:
+                if producer_state_lost(exc):  # this request gets 503; the next ones a new one
+                    await self._producers.renew(producer, exc)
+                raise ServiceUnavailable(
+                    "The request could not be written to Kafka and was not accepted; retry later.",
+                    retry_after_s=1,
+                ) from exc
 
     def partition_key(self, envelope: RequestEnvelope) -> bytes:
         """The team id when the team or the request's key has a rate limit, so the one

@@ -24,6 +24,9 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from ingress.batches_api import MAX_PAGE
+from ingress.bulk import DEFAULT_MAX_ITEMS
+from ingress.bulk_openapi import bulk_paths
+from ingress.dashboard_openapi import dashboard_paths
 from ingress.openapi_admin import admin_paths, analytics_paths
 from ingress.openapi_parts import (
     JSON,
@@ -313,9 +316,11 @@ def build_openapi(*, keys_required: bool = True, version: str = "0.1.0") -> dict
         "security": [{"virtualKey": []}] if keys_required else [{"virtualKey": []}, {}],
         "paths": {
             **_data_plane_paths(keys_required),
+            **bulk_paths(DEFAULT_MAX_ITEMS, _ADMISSION + _ANY_ERROR),
             **_batch_paths(),
             **analytics_paths(),
             **admin_paths(),
+            **dashboard_paths(),
             **_public_paths(),
         },
         "components": {

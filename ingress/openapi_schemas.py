@@ -18,6 +18,8 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from analytics.queries import QUERIES
 from ingress.anthropic_format import MessagesRequest
+from ingress.bulk import DEFAULT_MAX_ITEMS
+from ingress.bulk_openapi import bulk_schemas
 from ingress.openapi_parts import REF, ref
 from schemas.openai import (
     MAX_EMBEDDING_INPUTS,
@@ -335,4 +337,5 @@ def component_schemas() -> dict[str, Any]:
     schemas["AsyncChatCompletionRequest"] = _async_chat_request(chat)
     schemas["EmbeddingsRequest"]["properties"]["input"] = _embedding_input()
     schemas.update(_tollway_schemas())
+    schemas.update(bulk_schemas(DEFAULT_MAX_ITEMS))  # ingress/bulk_openapi.py
     return schemas

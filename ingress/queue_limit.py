@@ -130,6 +130,10 @@ class TeamQueues:
         """Count an async request that Kafka acknowledged."""
         self._pending.setdefault(team_id, {})[request_id] = now_ms
 
+    def released(self, team_id: str, request_id: str) -> None:
+        """Stop counting an async request counted before its publish, which then failed."""
+        self._pending.get(team_id, {}).pop(request_id, None)
+
     def check_batch(self, team_id: str, limit: int, lines: int, now_ms: int) -> None:
         """Raise `QueueLimitExceeded` (429) when a batch of `lines` more would pass the cap."""
         queued = self.batch_lines(team_id, now_ms) + self.replicas * self.pending(

@@ -25,6 +25,8 @@ from ingress.anthropic_api import anthropic_routes
 from ingress.app import Ingress, build_app
 from ingress.auth import Authenticator, AuthMiddleware, warn_if_open
 from ingress.batches_api import batches_routes
+from ingress.bulk_api import bulk_routes
+from ingress.dashboard_api import dashboard_routes_for
 from ingress.files_api import MAX_HEADER_BYTES, files_routes
 from ingress.idempotency import IdempotencyStore
 from ingress.idempotency_kafka import KafkaIdempotencyStore
@@ -41,6 +43,9 @@ from workers.batches.settings import BatchesSettings
 from workers.batches.view import KafkaBatchView
 from workers.budget.ownership import Ownership
 from workers.budget.view import BudgetView, EnforcementSettings
+from workers.telemetry.metrics import start_metrics
+from workers.telemetry.metrics_asgi import HttpMetricsMiddleware
+from workers.telemetry.tracing_asgi import with_server_spans
 from workers.tenancy.keys import PEPPER_SETTING, Pepper, PepperError
 from workers.tenancy.model import TenancyView
 from workers.tenancy.settings import TenancySettings
@@ -74,15 +79,17 @@ def secured(
 ) -> ASGIApp:
     """The served ASGI app: authentication first, so the Idempotency-Key middleware scopes
     keys by the caller's team (the app's own AuthMiddleware then finds the principal)."""
-    return AuthMiddleware(
-        with_idempotency(
-            app,
-            keys,
-            idempotency,
-            max_body_bytes=max_body_bytes,
-            max_upload_bytes=max_upload_bytes,
-        ),
-        authenticator,
+    return with_server_spans(  # the root span of each request's trace, when tracing is on
+        AuthMiddleware(
+            with_idempotency(
+                app,
+                keys,
+                idempotency,
+                max_body_bytes=max_body_bytes,
+                max_upload_bytes=max_upload_bytes,
+            ),
+            authenticator,
+        )
     )
 
 
@@ -152,23 +159,28 @@ def run(kafka: KafkaSettings, settings: IngressSettings) -> None:
         batch_states=lambda team_id: view.list(team_id, MAX_BATCHES_LISTED, None)[0],
         extra_routes=[
             anthropic_routes,
+            bulk_routes,
             batch_surface,
             analytics_routes_for,
             lambda _: admin.routes,
+            lambda ingress: dashboard_routes_for(ingress, budgets_config.budgets),
             openapi_routes,
         ],
     )
     logging.getLogger("tollway.ingress").info(
         "ingress on %s:%s (TOLLWAY_AUTH=%s)", settings.host, settings.port, settings.auth
     )
+    start_metrics("ingress", settings.metrics_port)  # its own port (docs/decisions/0018)
     uvicorn.run(
-        secured(
-            app,
-            authenticator,
-            keys,
-            idempotency,
-            max_body_bytes=settings.max_body_bytes,
-            max_upload_bytes=MAX_FILE_BYTES + MAX_HEADER_BYTES,
+        HttpMetricsMiddleware(  # outermost: 401s and idempotent replays are counted too
+            secured(
+                app,
+                authenticator,
+                keys,
+                idempotency,
+                max_body_bytes=settings.max_body_bytes,
+                max_upload_bytes=MAX_FILE_BYTES + MAX_HEADER_BYTES,
+            )
         ),
         host=settings.host,
         port=settings.port,
@@ -176,6 +188,7 @@ def run(kafka: KafkaSettings, settings: IngressSettings) -> None:
         http="httptools",
         access_log=False,
         log_level="warning",
+        log_config=None,  # uvicorn's loggers go through the process's format (deploy/cli.py)
         # no handler reads the client address, so X-Forwarded-* need no middleware
         proxy_headers=False,
         server_header=False,

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ingress.bulk import DEFAULT_MAX_ITEMS
 from workers.tenancy.model import WalletLimits
 
 MIN_ADMIN_KEY_CHARS = 24
@@ -29,11 +30,31 @@ class IngressSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        description="Port of this process's Prometheus /metrics listener "
+        "(docs/metrics.md); unset or 0 = none.",
+    )
     max_body_bytes: int = Field(
         default=10 * 1024 * 1024,
         ge=1024,
         le=10 * 1024 * 1024,  # the request topics take 12 MiB records (schemas/topics.py)
         description="Largest accepted request body (bytes).",
+    )
+    bulk_max_items: int = Field(
+        default=DEFAULT_MAX_ITEMS,
+        ge=1,
+        le=10_000,
+        description="Most requests in one POST /v1/async/bulk/chat/completions call "
+        "(more: 400). Each item is still at most max_body_bytes.",
+    )
+    bulk_max_body_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=1024,
+        le=256 * 1024 * 1024,
+        description="Largest accepted body of POST /v1/async/bulk/chat/completions (bytes); "
+        "the call is parsed in memory, so this bounds the memory one call takes.",
     )
     sync_timeout_s: float = Field(
         default=600.0, gt=0, description="How long a sync request waits for its result."

@@ -99,6 +99,7 @@ SCHEMA_IDS: Final[dict[int, tuple[RecordName, str]]] = {
     30: ("idempotency_entry", "idempotency_entry.v1.avsc"),
     40: ("attempt", "attempt.v3.avsc"),
     41: ("cache_entry", "cache_entry.v1.avsc"),
+    42: ("stream_chunk", "stream_chunk.v2.avsc"),
 }
 
 

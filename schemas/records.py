@@ -123,6 +123,8 @@ class StreamChunk(TypedDict):
     execution_id: str
     seq: int
     data: bytes
+    cache: str | None
+    """`hit` | `semantic-hit` on the first chunk of a reply served from the cache, else None."""
 
 
 CostStatus = Literal["priced", "unpriced", "cache_hit"]

@@ -63,7 +63,9 @@ from deploy.topics import ensure_topics
 from schemas import topics
 from schemas.errors import DeadLetter
 from schemas.topics import Topic
+from workers.dead_letters import dead_letter_headers, source_of
 from workers.delivery import DeliveryCursor, Key, is_complete
+from workers.telemetry.metrics import stream_metrics
 
 log = logging.getLogger("tollway.faust")
 
@@ -378,13 +380,9 @@ async def send_all(app: faust.App, outgoing: Sequence[Outgoing]) -> None:
 def dead_letter(event: Any, exc: DeadLetter) -> Outgoing:
     """The dead-letter record of an event no retry can fix (the reason in headers)."""
     message = event.message
-    source = f"{message.topic}/{message.partition}/{message.offset}"
+    source = source_of(message.topic, message.partition, message.offset)
     log.error("dead letter from %s: %s", source, exc)
-    headers = [
-        ("tollway-error", type(exc).__name__.encode()),
-        ("tollway-reason", str(exc).encode()),
-        ("tollway-source", source.encode()),
-    ]
+    headers = dead_letter_headers(source, exc)
     return topics.DEAD_LETTERS.name, message.key, message.value or b"", headers, None
 
 
@@ -565,6 +563,8 @@ def batch_agent(
     everything downstream).
     """
     gate = DeliveryGate(app, what)
+    metrics = stream_metrics()
+    handled, duration = metrics.events.labels(name), metrics.batch_duration.labels(name)
 
     async def process_batches(stream: Any) -> None:
         async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
@@ -580,6 +580,8 @@ def batch_agent(
             except Exception as exc:  # noqa: BLE001  # any bug: stop without acking the batch
                 fatal(f"{what} failed", exc)
             took_s = time.perf_counter() - started
+            handled.inc(len(events))
+            duration.observe(took_s)
             if slow_log is not None and took_s > slow_s:
                 slow_log.warning("slow batch (%s): %d events took %.2fs", what, len(events), took_s)
 
@@ -587,8 +589,22 @@ def batch_agent(
 
 
 def run_worker(app: faust.App, *, loglevel: str = "INFO") -> None:
-    """Run `app` in this process until SIGTERM/SIGINT (uvloop: faust is event-bound)."""
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True, loop=uvloop.new_event_loop())
+    """Run `app` in this process until SIGTERM/SIGINT (uvloop: faust is event-bound).
+
+    Logging already set up by the process (deploy/cli.py: the JSON or text format of
+    workers/telemetry/logs.py) is kept; faust installs its own only when there is none."""
+    configured = bool(logging.getLogger().handlers)
+    if configured:
+        logging.getLogger().setLevel(loglevel)
+    worker = faust.Worker(
+        app,
+        loglevel=loglevel,
+        quiet=True,
+        loop=uvloop.new_event_loop(),
+        override_logging=not configured,
+    )
+    if configured:
+        worker.spinner = None  # it draws on stdout between log lines (terminal escapes)
     worker.execute_from_commandline()
 
 

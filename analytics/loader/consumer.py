@@ -16,7 +16,8 @@ is written by one background task at a time, retried with backoff until ClickHou
 takes it. Meanwhile the loop keeps polling (the group membership survives an outage)
 and keeps buffering up to `buffer_max_rows`, then pauses fetching: memory stays bounded
 and nothing is committed that is not stored. A record that cannot be decoded is
-logged with its position and skipped (its producer, our own code, is at fault).
+written to `tollway.dead-letters` with its position and reason (workers/dead_letters.py)
+before its offset can be committed, and not stored.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
@@ -48,6 +49,9 @@ from analytics.settings import AnalyticsSettings
 from schemas import codec, topics
 from schemas.errors import DeadLetter
 from schemas.settings import KafkaSettings
+from workers.dead_letters import send_dead_letter, source_of
+from workers.telemetry.metrics import loader_metrics, start_metrics
+from workers.telemetry.tracing import start_span
 
 log = logging.getLogger("tollway.loader")
 _T = TypeVar("_T")
@@ -129,8 +133,17 @@ class Loader:
             fetch_max_bytes=16 * 1024 * 1024,
             max_partition_fetch_bytes=2 * 1024 * 1024,
         )
+        self.dead_letters = AIOKafkaProducer(
+            bootstrap_servers=kafka.bootstrap,
+            client_id="tollway-loader",
+            enable_idempotence=True,
+            acks="all",
+            max_request_size=topics.REQUEST_RECORD_MAX_BYTES,
+            request_timeout_ms=kafka.request_timeout_ms,
+        )
 
     async def run(self) -> None:
+        await self.dead_letters.start()
         await self.consumer.start()
         self.consumer.subscribe([t.name for t in TOPICS], listener=_Rebalance(self))
         try:
@@ -139,9 +152,17 @@ class Loader:
                 room = min(self.batcher.room(), _FETCH_MAX_RECORDS)
                 fetched = await self.consumer.getmany(timeout_ms=50, max_records=max(1, room))
                 now = self.clock_ms()
-                for tp, records in fetched.items():
-                    for record in records:
-                        self.batcher.add(tp, record.offset, self._row(record), now)
+                dead: list[tuple[ConsumerRecord[bytes, bytes], DeadLetter]] = []
+                rows = [
+                    (tp, record.offset, self._row(record, dead))
+                    for tp, records in fetched.items()
+                    for record in records
+                ]
+                for record, exc in dead:  # durable before a commit can pass its offset
+                    source = source_of(record.topic, record.partition, record.offset)
+                    await send_dead_letter(self.dead_letters, source, record.key, record.value, exc)
+                for tp, offset, row in rows:
+                    self.batcher.add(tp, offset, row, now)
                 self._flush_if_due(now)
         finally:
             await self._drain()
@@ -149,15 +170,20 @@ class Loader:
     def stop(self) -> None:
         self._stopping.set()
 
-    def _row(self, record: ConsumerRecord[bytes, bytes]) -> Row | None:
+    def _row(
+        self,
+        record: ConsumerRecord[bytes, bytes],
+        dead: list[tuple[ConsumerRecord[bytes, bytes], DeadLetter]],
+    ) -> Row | None:
+        """The record's row, or None (and the record appended to `dead`) if unreadable."""
         self.stats.records += 1
         try:
-            return _to_row(record)
+            # a child of the producer's span (router or cost processor), from the headers
+            with start_span(f"process {record.topic}", kind="consumer", headers=record.headers):
+                return _to_row(record)
         except DeadLetter as exc:
             self.stats.skipped += 1
-            log.error(  # noqa: TRY400  # the position and reason say it all; no traceback
-                "skipping %s/%s@%s: %s", record.topic, record.partition, record.offset, exc
-            )
+            dead.append((record, exc))
             return None
 
     def _apply_backpressure(self) -> None:
@@ -201,16 +227,21 @@ class Loader:
     async def _write_table(self, batch: Batch, topic: str) -> None:
         table, rows, token = TABLE_BY_TOPIC[topic], batch.rows_of(topic), batch.token(topic)
         delay_s = 0.1
+        metrics = loader_metrics()
         while True:
+            started = time.perf_counter()
             try:
                 written = await asyncio.to_thread(self.sink.write, table, rows, token)
             except SinkUnavailable as exc:
                 self.stats.write_failures += 1
+                metrics.insert_failures.labels(table.name).inc()
                 log.warning("write to %s failed (%s); retrying in %.1fs", table.name, exc, delay_s)
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, self.settings.retry_max_backoff_s)
             else:
                 self.stats.rows_written += written
+                metrics.rows.labels(table.name).inc(written)
+                metrics.insert_duration.labels(table.name).observe(time.perf_counter() - started)
                 return
 
     async def _commit(self, batch: Batch) -> None:
@@ -256,6 +287,8 @@ class Loader:
             await asyncio.gather(*self._flushes, return_exceptions=True)
             with contextlib.suppress(KafkaError):
                 await self.consumer.stop()
+            with contextlib.suppress(KafkaError):
+                await self.dead_letters.stop()
 
 
 async def serve(kafka: KafkaSettings, settings: AnalyticsSettings) -> None:
@@ -271,6 +304,12 @@ async def serve(kafka: KafkaSettings, settings: AnalyticsSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, loader.stop)
     log.info("loader starting: %s -> %s", kafka.bootstrap, settings.url_for_logs)
+    start_metrics(
+        "loader",
+        settings.loader_metrics_port,
+        bootstrap=kafka.bootstrap,
+        lag_groups=(settings.group_id,),
+    )
     await loader.run()
 
 

@@ -48,11 +48,12 @@ class AsyncLoad:
             total = int(duration_s * self.rate_per_s)
             for i in range(total):
                 await asyncio.sleep(max(0.0, start + i / self.rate_per_s - time.monotonic()))
-                tasks.append(asyncio.create_task(self._submit(client, f"{label} {i}")))
+                tasks.append(asyncio.create_task(self.submit(client, f"{label} {i}")))
                 self.submitted += 1
             await asyncio.gather(*tasks)
 
-    async def _submit(self, client: httpx.AsyncClient, text: str) -> None:
+    async def submit(self, client: httpx.AsyncClient, text: str) -> None:
+        """One async request (also used by the memory soak's mixed load, tests/soak)."""
         body = {**chat_body(text), "callback_url": self.callback_url}
         try:
             response = await client.post("/v1/async/chat/completions", json=body)

@@ -9,7 +9,7 @@ from typing import Literal
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from schemas import codec
+from schemas import codec, topics
 from schemas.records import Mode, RequestEnvelope
 from schemas.topics import ALL_TOPICS
 
@@ -90,3 +90,25 @@ class TopicReader:
                             value = codec.decode(name, record.value or b"")
                         found.append((key, value))
         return found
+
+
+async def skip_backlog(bootstrap: str, group_id: str) -> None:
+    """Commit the router group's offsets at the end of the request topics.
+
+    The broker is shared by every test (and developer) run: without this, a router
+    group would first execute every request published since its last run.
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        tps = [
+            TopicPartition(t.name, p)
+            for t in (topics.REQUESTS_INTERACTIVE, topics.REQUESTS_BATCH)
+            for p in range(t.partitions)
+        ]
+        consumer.assign(tps)
+        await consumer.commit(await consumer.end_offsets(tps))
+    finally:
+        await consumer.stop()

@@ -31,7 +31,7 @@ from analytics.settings import AnalyticsSettings
 from schemas import codec, topics
 from schemas.records import Attempt, BudgetEvent, Result, UsageRecord
 from schemas.settings import KafkaSettings
-from tests.integration.kafka_io import produce
+from tests.integration.kafka_io import TopicReader, produce
 
 pytestmark = pytest.mark.kafka
 
@@ -403,3 +403,47 @@ async def test_while_clickhouse_is_away_the_loader_retries_pauses_and_loses_noth
     # A view's part commits just after its source's: wait for the insert to finish.
     calls = "SELECT sum(calls) FROM {db}.cost_hourly WHERE team_id = {t:String}"
     await wait_for(lambda: store.count(calls, t=team) == 400, timeout_s=5)
+
+
+async def test_an_unreadable_record_goes_to_the_dead_letters_and_the_rest_is_stored(
+    loaders: Loaders, store: Store
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    team = f"team-dl-{tag}"
+    garbage_key = f"garbage-{tag}".encode()
+    dead = await TopicReader(loaders.bootstrap, topics.DEAD_LETTERS.name).start()
+    loaders.start()
+    await produce(loaders.bootstrap, topics.RESULTS.name, [(garbage_key, b"\x00not avro")])
+    await publish(loaders.bootstrap, [result(f"req-{tag}", team)], [], [], [])
+    want = {"requests": 1}
+    await wait_for(lambda: store.counts(want, (team,)) == want, state=loaders.stats)
+    letters = await dead.collect(None, {garbage_key.decode()})
+    await dead.stop()
+    assert [value for _, value in letters] == [b"\x00not avro"]  # kept whole
+    raw = await _dead_letter_headers(loaders.bootstrap, garbage_key)
+    assert raw["tollway-error"] == b"CorruptRecord"
+    assert raw["tollway-source"].startswith(f"{topics.RESULTS.name}/".encode())
+    assert sum(s.skipped for s in loaders.stats()) == 1  # type: ignore[attr-defined]
+
+
+async def _dead_letter_headers(bootstrap: str, key: bytes) -> dict[str, bytes]:
+    """The headers of the newest dead letter with `key`."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [
+            TopicPartition(topics.DEAD_LETTERS.name, p)
+            for p in range(topics.DEAD_LETTERS.partitions)
+        ]
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        for tp in tps:
+            consumer.seek(tp, max(0, ends[tp] - 50))
+        found: dict[str, bytes] = {}
+        for records in (await consumer.getmany(timeout_ms=2_000)).values():
+            for record in records:
+                if record.key == key:
+                    found = dict(record.headers)
+        return found
+    finally:
+        await consumer.stop()

@@ -16,7 +16,6 @@ import httpx2  # the openai SDK's HTTP client
 import openai
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from openai.types import Batch
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -31,7 +30,7 @@ from schemas.errors import TollwayError
 from schemas.records import BudgetState
 from schemas.settings import KafkaSettings
 from tests.integration.conftest import routes_for
-from tests.integration.kafka_io import produce
+from tests.integration.kafka_io import produce, skip_backlog
 from workers.batches.assembler import request_id_for
 from workers.batches.budget import BatchBudgets
 from workers.batches.consumer import BatchWorker, wall_ms
@@ -92,28 +91,6 @@ class Harness:
             worker.stop()
             task.cancel()
         await asyncio.gather(*(t for _, t in self.workers), return_exceptions=True)
-
-
-async def skip_backlog(bootstrap: str, group_id: str) -> None:
-    """Commit the router group's offsets at the end of the request topics.
-
-    The broker is shared by every test (and developer) run: without this, a router
-    group would first execute every request published since its last run.
-    """
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        tps = [
-            TopicPartition(t.name, p)
-            for t in (topics.REQUESTS_INTERACTIVE, topics.REQUESTS_BATCH)
-            for p in range(t.partitions)
-        ]
-        consumer.assign(tps)
-        await consumer.commit(await consumer.end_offsets(tps))
-    finally:
-        await consumer.stop()
 
 
 @pytest.fixture

@@ -21,8 +21,7 @@ from schemas.batch_topics import ALL_BATCH_AND_CALLBACK_TOPICS, CALLBACKS_DEAD
 from schemas.records import BudgetEvent, WebhookDelivery
 from schemas.settings import KafkaSettings
 from tests.integration.conftest import free_port
-from tests.integration.kafka_io import envelope, produce
-from tests.integration.test_batches import skip_backlog
+from tests.integration.kafka_io import envelope, produce, skip_backlog
 from workers.callbacks.dispatcher import Dispatcher, replay
 from workers.callbacks.endpoints import WebhooksConfig, endpoint_key
 from workers.callbacks.events import CALLBACK_URL_KEY
@@ -284,5 +283,47 @@ async def test_the_local_stack_file_signs_and_loopback_needs_the_allow_list(
         await receiver.wait(1)
         headers, body = receiver.received[0]
         assert Webhook(secret).verify(body, headers)["data"]["id"] == allowed["request_id"]
+    finally:
+        await receiver.stop()
+
+
+def _result_of(request_id: str, status: str, url: str) -> Any:
+    now = int(time.time() * 1000)
+    failed = status == "failed"
+    return {
+        "request_id": request_id, "team_id": "default", "key_id": None, "mode": "async",
+        "execution_id": uuid.uuid4().hex, "status": status, "http_status": 502 if failed else 200,
+        "body": b'{"error": {"message": "down"}}' if failed else b'{"object": "chat.completion"}',
+        "error_type": "AllProvidersFailed" if failed else None, "requested_model": "gpt-4o-mini",
+        "served_model": None if failed else "gpt-4o-mini", "provider": None if failed else "mock",
+        "deployment": None if failed else "mock", "attempts": 1, "prompt_tokens": 1,
+        "completion_tokens": 0 if failed else 1, "cached_tokens": 0, "reasoning_tokens": 0,
+        "cache_write_tokens": 0, "received_at_ms": now, "finished_at_ms": now,
+        "metadata": {CALLBACK_URL_KEY: url},
+    }  # fmt: skip
+
+
+async def test_a_re_executed_request_gets_the_webhook_of_its_first_result_only(
+    kafka_bootstrap: str, start_dispatcher: Any
+) -> None:
+    """First result wins (0003): a re-execution's later result, even with another status,
+    sends no second webhook from the dispatcher that delivered the first."""
+    receiver = await Receiver(free_port()).start()
+    request_id = f"req_it_{uuid.uuid4().hex}"
+
+    async def publish_result(status: str) -> None:
+        value = codec.encode("result", _result_of(request_id, status, receiver.url))
+        await produce(kafka_bootstrap, topics.RESULTS.name, [(request_id.encode(), value)])
+
+    try:
+        await start_dispatcher(config([]))
+        await publish_result("failed")
+        await publish_result("succeeded")  # the same request, run again elsewhere
+        await receiver.wait(1)
+        await publish_result("succeeded")  # and again, after the first was delivered
+        await asyncio.sleep(2.0)  # time for a second delivery, if there were one
+        events = [Webhook(SECRET).verify(body, headers) for headers, body in receiver.received]
+        mine = [e["type"] for e in events if e["data"]["id"] == request_id]
+        assert mine == ["request.failed"]
     finally:
         await receiver.stop()

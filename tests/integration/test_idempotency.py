@@ -25,7 +25,7 @@ from ingress.settings import IngressSettings
 from schemas import codec, topics
 from schemas.settings import KafkaSettings
 from tests.integration.conftest import routes_for
-from tests.integration.test_batches import skip_backlog
+from tests.integration.kafka_io import skip_backlog
 
 pytestmark = pytest.mark.kafka
 

@@ -13,7 +13,7 @@ import pytest
 from ingress.app import result_response
 from schemas import codec, topics
 from tests.integration.conftest import routes_for
-from tests.integration.kafka_io import TopicReader, produce
+from tests.integration.kafka_io import TopicReader, produce, skip_backlog
 from tests.integration.rate_limit_stack import (
     bus_on,
     limited_view,
@@ -21,7 +21,6 @@ from tests.integration.rate_limit_stack import (
     routers_on,
     send_sync,
 )
-from tests.integration.test_batches import skip_backlog
 from tests.unit.test_rate_limits import key
 from workers.router.rate_gate import RateGate
 from workers.router.rate_limits import RateLimiter

@@ -28,9 +28,8 @@ from ingress.app import result_response
 from schemas import topics
 from schemas.records import Result
 from tests.integration.conftest import routes_for
-from tests.integration.kafka_io import TopicReader
+from tests.integration.kafka_io import TopicReader, skip_backlog
 from tests.integration.rate_limit_stack import bus_on, request, routers_on, send_sync
-from tests.integration.test_batches import skip_backlog
 from tests.unit.test_rate_limits import View, key
 from workers.tenancy.model import Limits, TeamRecord
 

@@ -14,8 +14,7 @@ from schemas import codec, topics
 from schemas.records import META_BATCH_ID
 from schemas.settings import KafkaSettings
 from tests.integration.conftest import routes_for
-from tests.integration.kafka_io import TopicReader, envelope, produce
-from tests.integration.test_batches import skip_backlog
+from tests.integration.kafka_io import TopicReader, envelope, produce, skip_backlog
 from workers.batches.kafka import BatchPublisher, new_producer
 from workers.providers.registry import build_registry
 from workers.router.cancelled import CancelledBatches

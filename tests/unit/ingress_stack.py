@@ -23,7 +23,9 @@ from ingress.anthropic_api import anthropic_routes
 from ingress.app import Ingress, build_app
 from ingress.auth import Authenticator, AuthMiddleware, open_authenticator
 from ingress.batches_api import batches_routes
+from ingress.bulk_api import bulk_routes
 from ingress.bus import MemoryBus, StreamItem
+from ingress.dashboard_api import DashboardApi
 from ingress.files_api import MAX_HEADER_BYTES, files_routes
 from ingress.idempotency import MemoryIdempotencyStore
 from ingress.idempotency_middleware import ASGIApp, IdempotencySettings, with_idempotency
@@ -108,6 +110,7 @@ async def respond(envelope: RequestEnvelope) -> Result | list[StreamItem]:
             "execution_id": "exec-1",
             "seq": 0,
             "data": orjson.dumps(CHUNK),
+            "cache": None,
         }
         return [chunk, result]
     return result
@@ -196,9 +199,11 @@ def build_stack(
         batch_states=lambda team_id: view.list(team_id, 1_000_000, None)[0],
         extra_routes=[
             anthropic_routes,
+            bulk_routes,
             batch_surface,
             lambda _: analytics_routes(runner, admin),
             lambda _: admin_api.routes(),
+            lambda _: DashboardApi(runner, admin).routes(),
             openapi_routes,
         ],
     )

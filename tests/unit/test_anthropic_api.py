@@ -102,6 +102,7 @@ def chunk(
         "execution_id": execution,
         "seq": seq,
         "data": orjson.dumps(payload),
+        "cache": None,
     }
 
 

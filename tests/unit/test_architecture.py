@@ -81,6 +81,7 @@ PURE: Final = (
     "workers/cache/store.py",
     "workers/cache/wordpiece.py",
     "workers/cache/answers.py",
+    "workers/telemetry/metrics_labels.py",
 )
 #: Third-party roots a pure module may import (besides the standard library).
 ALLOWED_THIRD_PARTY: Final = frozenset({"pydantic", "orjson", "yaml"})

@@ -536,6 +536,24 @@ async def test_wallet_caps_name_the_limit(stack: Stack) -> None:
         "/v1/chat/completions", json={**CHAT, "max_tokens": 50}, headers=globex
     )
     assert ok.status_code == 200
+    assert orjson.loads(stack.envelope()["body"])["max_tokens"] == 50  # as sent
+
+
+async def test_an_uncapped_request_gets_the_wallet_cap_not_the_providers_maximum(
+    stack: Stack,
+) -> None:
+    response = await stack.client.post(
+        "/v1/chat/completions", json=CHAT, headers=stack.tenants.auth("globex")
+    )
+    assert response.status_code == 200
+    sent = orjson.loads(stack.envelope()["body"])
+    assert sent["max_completion_tokens"] == 50
+    assert "max_tokens" not in sent
+    free = await stack.client.post(
+        "/v1/chat/completions", json=CHAT, headers=stack.tenants.auth("acme")
+    )
+    assert free.status_code == 200
+    assert "max_completion_tokens" not in orjson.loads(stack.envelope()["body"])  # no cap
 
 
 async def test_the_gateway_default_input_cap_applies_to_every_team() -> None:

@@ -187,6 +187,7 @@ async def test_a_streamed_request_is_replayed_from_the_cache() -> None:
     assert status(second) == "hit"
     assert [c["seq"] for c in chunks] == list(range(len(chunks)))
     assert len(chunks) > 3  # role, content pieces, finish, usage
+    assert [c["cache"] for c in chunks] == ["hit"] + [None] * (len(chunks) - 1)  # the header
     assembler = StreamAssembler()
     for chunk in chunks:
         assembler.add(orjson.loads(chunk["data"]))

@@ -212,6 +212,15 @@ def test_records_written_with_the_shipped_v1_schemas_read_as_v2(name: RecordName
     assert decoded == {**old_record, "cache_write_tokens": 0}
 
 
+def test_stream_chunks_written_before_v2_read_as_not_from_the_cache() -> None:
+    v1 = json.loads(
+        (resources.files("schemas") / "avro" / "stream_chunk.v1.avsc").read_text("utf-8")
+    )
+    old_record = {"request_id": "r", "execution_id": "e", "seq": 0, "data": b"{}"}
+    decoded = codec.decode("stream_chunk", _frame(9, v1, old_record))
+    assert decoded == {**old_record, "cache": None}
+
+
 def test_registry_latest_is_the_highest_id_whatever_the_order() -> None:
     registry = SchemaRegistry()
     registry.register(11, "request", _schema_json("request"))

@@ -31,7 +31,7 @@ from analytics.settings import AnalyticsSettings
 from deploy import config_reference, topics_manifest
 from deploy.cli import main as cli_main
 from deploy.cli import parser
-from deploy.stack import Stack
+from deploy.stack import METRICS_PORT_ENV, Stack
 from ingress.settings import IngressSettings
 from schemas import topics
 from schemas.batch_topics import BATCH_STATE
@@ -336,11 +336,26 @@ def test_k8s_ingress_ports_and_probes_match_the_settings() -> None:
     ingress = container(k8s_containers(), "ingress")
     port = effective_port(ingress)
     assert port == IngressSettings.model_fields["port"].default
-    assert [p["containerPort"] for p in ingress.spec["ports"]] == [port]
+    assert [p["containerPort"] for p in ingress.spec["ports"] if p["name"] == "http"] == [port]
     assert ingress.spec["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port}
     assert ingress.spec["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port}
     services = [d for _, d in k8s_kind("Service") if d["spec"].get("clusterIP") != "None"]
     assert [p["targetPort"] for s in services for p in s["spec"]["ports"]] == [port]
+
+
+def test_every_k8s_process_serving_metrics_declares_and_annotates_its_port() -> None:
+    for c in k8s_containers():
+        variable = METRICS_PORT_ENV.get(c.args[0])
+        if variable is None:
+            continue
+        port = int(c.env[variable])
+        assert [p["containerPort"] for p in c.spec["ports"] if p["name"] == "metrics"] == [port]
+        assert c.env["TOLLWAY_METRICS_HOST"] == "0.0.0.0", c.where  # reachable by the scraper
+        annotations = c.workload["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/port"] == str(port), c.where
+        assert annotations["prometheus.io/scrape"] == "true", c.where
+    served = {c.args[0] for c in k8s_containers()}
+    assert set(METRICS_PORT_ENV) <= served
 
 
 def test_probed_paths_are_served_and_only_http_processes_are_probed() -> None:

@@ -140,6 +140,14 @@ def test_at_a_cap_or_without_one_passes() -> None:
     free.check_batch_lines(10**6)
 
 
+def test_the_output_cap_is_written_only_into_a_request_naming_none() -> None:
+    capped = WalletPolicy(WalletLimits(), DEFAULTS)
+    assert capped.check_output_tokens({"max_tokens": None, "max_completion_tokens": None}) == 100
+    assert capped.check_output_tokens({"max_tokens": 7, "max_completion_tokens": None}) is None
+    free = WalletPolicy(WalletLimits(), WalletLimits())
+    assert free.check_output_tokens({"max_tokens": None, "max_completion_tokens": None}) is None
+
+
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [

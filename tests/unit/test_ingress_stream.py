@@ -13,6 +13,7 @@ from ingress.settings import IngressSettings
 from schemas.records import RequestEnvelope, StreamChunk
 from schemas.routes import default_routes
 from tests.unit.test_ingress_app import _result
+from workers.cache.canonical import CACHE_HEADER
 
 STREAM_CHAT: Final = {
     "model": "gpt-4o-mini",
@@ -33,6 +34,7 @@ def _chunk(
         "execution_id": execution,
         "seq": seq,
         "data": orjson.dumps(data),
+        "cache": None,
     }
 
 
@@ -95,3 +97,21 @@ async def test_streaming_is_refused_on_the_async_endpoint() -> None:
         response = await client.post("/v1/async/chat/completions", json=STREAM_CHAT)
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "stream"
+
+
+async def test_a_stream_served_from_the_cache_says_so_in_its_headers() -> None:
+    async def cached(envelope: RequestEnvelope) -> list[StreamItem]:
+        first = _chunk(envelope, 0, "Hel")
+        first["cache"] = "semantic-hit"  # set by the router's cache replay on chunk 0 only
+        return [first, _chunk(envelope, 1, "lo"), _result(envelope)]
+
+    async def live(envelope: RequestEnvelope) -> list[StreamItem]:
+        return [_chunk(envelope, 0, "Hel"), _result(envelope)]
+
+    async with _client(MemoryBus(cached)) as client:
+        response = await client.post("/v1/chat/completions", json=STREAM_CHAT)
+    assert response.headers[CACHE_HEADER] == "semantic-hit"
+    assert _events(response.content)[-1] == b"[DONE]"
+    async with _client(MemoryBus(live)) as client:
+        response = await client.post("/v1/chat/completions", json=STREAM_CHAT)
+    assert CACHE_HEADER not in response.headers

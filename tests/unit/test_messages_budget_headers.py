@@ -18,6 +18,7 @@ from schemas.errors import BudgetExceeded
 from schemas.records import BudgetState, RequestEnvelope, Result
 from tests.unit.test_budget_admission import NOW, ROUTES, USD, answer, config, heartbeat, state
 from workers.budget.view import FixedBudgetView
+from workers.cache.canonical import CACHE_CONTROL_KEY, CACHE_HEADER, CACHE_STATUS_KEY
 from workers.router.rate_limits import RETRY_AFTER_KEY
 
 MESSAGE = {"model": "gpt-4o", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
@@ -57,7 +58,9 @@ async def refused_by_router(envelope: RequestEnvelope) -> Result:
     return result
 
 
-async def post(responder: Responder, states: dict[str, BudgetState]) -> httpx.Response:
+async def post(
+    responder: Responder, states: dict[str, BudgetState], headers: dict[str, str] | None = None
+) -> httpx.Response:
     view = FixedBudgetView(SOFT, {**heartbeat(), **states}, clock_ms=lambda: NOW)
     app = build_app(
         IngressSettings(),
@@ -70,7 +73,7 @@ async def post(responder: Responder, states: dict[str, BudgetState]) -> httpx.Re
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://t"
     ) as client:
-        return await client.post("/v1/messages", json=MESSAGE)
+        return await client.post("/v1/messages", json=MESSAGE, headers=headers)
 
 
 async def test_a_soft_budget_over_its_limit_warns_on_messages_too() -> None:
@@ -94,3 +97,18 @@ async def test_a_budget_refusal_by_the_router_carries_retry_after() -> None:
     assert response.status_code == 429
     assert response.json()["type"] == "error"
     assert response.headers["retry-after"] == "1800"
+
+
+async def test_messages_forward_cache_control_and_answer_the_cache_outcome() -> None:
+    seen: list[RequestEnvelope] = []
+
+    async def from_cache(envelope: RequestEnvelope) -> Result:
+        seen.append(envelope)
+        result = await completed(envelope)
+        result["metadata"] = {**envelope["metadata"], CACHE_STATUS_KEY: "hit"}
+        return result
+
+    response = await post(from_cache, {}, headers={"cache-control": "max-age=0, no-store"})
+    assert response.status_code == 200
+    assert response.headers[CACHE_HEADER] == "hit"
+    assert seen[0]["metadata"][CACHE_CONTROL_KEY] == "no-store"

@@ -6,7 +6,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workers.router.offsets import OffsetTracker, PartitionOffsets
+from workers.router.offsets import (
+    METADATA_MAX_CHARS,
+    OffsetTracker,
+    PartitionOffsets,
+    decode_finished,
+    encode_finished,
+)
 
 TP = ("tollway.requests.interactive", 0)
 TP2 = ("tollway.requests.interactive", 1)
@@ -29,7 +35,7 @@ def _partition(started: list[int], finished: list[int]) -> PartitionOffsets:
         ([0, 1, 2], [0], 1, 2),
         ([0, 1, 2], [0, 1, 2], 3, 0),
         ([0, 1, 2], [2, 1, 0], 3, 0),  # reverse order
-        ([0, 1, 2], [1, 2], None, 1),  # head still in flight: nothing to commit
+        ([0, 1, 2], [1, 2], 0, 1),  # head in flight: its own offset, 1 and 2 in metadata
         ([0, 1, 2, 3], [0, 2, 3], 1, 1),  # stops at the lowest unfinished
         ([0, 1, 2, 3], [0, 2, 3, 1], 4, 0),
         ([5, 9, 10, 20], [5], 6, 3),  # gaps (compaction, transaction markers)
@@ -88,15 +94,15 @@ def test_tracker_reports_only_changed_positions() -> None:
 
     tracker.finish(TP, 0)
     tracker.finish(TP2, 11)  # out of order: TP2 cannot move yet
-    assert tracker.to_commit() == {TP: 1}
-    assert tracker.to_commit() == {TP: 1}  # unchanged until marked committed
+    assert tracker.to_commit() == {TP: (1, ""), TP2: (10, "tw1:1")}
+    assert tracker.to_commit()[TP] == (1, "")  # unchanged until marked committed
 
-    tracker.mark_committed({TP: 1})
+    tracker.mark_committed(tracker.to_commit())
     assert tracker.to_commit() == {}
 
     tracker.finish(TP2, 10)
-    assert tracker.to_commit() == {TP2: 12}
-    tracker.mark_committed({TP2: 12})
+    assert tracker.to_commit() == {TP2: (12, "")}
+    tracker.mark_committed({TP2: (12, "")})
     assert tracker.to_commit() == {}
     assert tracker.in_flight == 3
 
@@ -109,7 +115,7 @@ def test_tracker_commit_of_an_older_position_is_reported_again() -> None:
     positions = tracker.to_commit()
     tracker.finish(TP, 1)  # moves on while the commit of `positions` is in progress
     tracker.mark_committed(positions)
-    assert tracker.to_commit() == {TP: 2}
+    assert tracker.to_commit() == {TP: (2, "")}
 
 
 def test_tracker_drop_after_revoke_ignores_late_finishes() -> None:
@@ -123,7 +129,7 @@ def test_tracker_drop_after_revoke_ignores_late_finishes() -> None:
     tracker.finish(TP, 1)  # a task of the revoked partition finishing late
     assert tracker.to_commit() == {}
     assert tracker.in_flight == 0
-    tracker.mark_committed({TP: 2})  # a commit for a partition no longer owned is forgotten
+    tracker.mark_committed({TP: (2, "")})  # a commit for a partition no longer owned: forgotten
     assert tracker.to_commit() == {}
 
 
@@ -136,7 +142,7 @@ def test_tracker_reassigned_partition_starts_afresh() -> None:
 
     tracker.start(TP, 1)  # re-assigned: the committed position was forgotten with it
     tracker.finish(TP, 1)
-    assert tracker.to_commit() == {TP: 2}
+    assert tracker.to_commit() == {TP: (2, "")}
 
 
 def test_tracker_drop_of_an_unknown_partition_is_harmless() -> None:
@@ -173,10 +179,13 @@ def test_committable_never_passes_the_lowest_unfinished_offset(
         unfinished = [o for o in started if o not in finished]
         position = part.committable()
         if unfinished:
-            assert position is None or position <= unfinished[0]
-            # and it is exactly one past the last finished offset of the contiguous prefix
+            assert position is not None  # something finished
+            assert position <= unfinished[0]
+            # at least one past the last finished offset of the contiguous prefix
             done_prefix = [o for o in started if o < unfinished[0]]
-            assert position == (done_prefix[-1] + 1 if done_prefix else None)
+            assert position >= (done_prefix[-1] + 1 if done_prefix else started[0])
+            # and what the metadata lists is exactly what finished above it
+            assert part.finished_above() == {o for o in finished if o >= position}
         assert part.in_flight == len(unfinished)
     assert part.committable() == started[-1] + 1
 
@@ -194,3 +203,57 @@ def test_duplicate_finishes_never_change_the_outcome(
         part.finish(offset)
     assert part.committable() == started[-1] + 1
     assert part.in_flight == 0
+
+
+# --- commit metadata --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("position", "finished", "metadata"),
+    [
+        (100, [], ""),
+        (100, [101], "tw1:1"),
+        (100, [101, 102, 103, 107], "tw1:1-3,7"),
+        (0, [5, 3, 4, 9, 10], "tw1:3-5,9-10"),
+        (100, [99, 100], "tw1:0"),  # below the position: not listed
+    ],
+)
+def test_finished_offsets_round_trip_through_the_commit_metadata(
+    position: int, finished: list[int], metadata: str
+) -> None:
+    assert encode_finished(position, finished) == metadata
+    assert decode_finished(position, metadata) == {o for o in finished if o >= position}
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [None, "", "something else", "tw1:", "tw1:x", "tw1:5-3", "tw1:-1", "tw1:0-99999999"],
+)
+def test_metadata_of_another_form_skips_nothing(metadata: str | None) -> None:
+    assert decode_finished(10, metadata) == set()
+
+
+def test_metadata_that_would_not_fit_keeps_the_lowest_ranges() -> None:
+    finished = range(0, 20_000, 2)  # 10,000 single offsets: far over the limit
+    metadata = encode_finished(0, finished)
+    assert len(metadata) <= METADATA_MAX_CHARS
+    kept = decode_finished(0, metadata)
+    assert kept
+    assert kept == set(range(0, 2 * len(kept), 2))  # a prefix: the rest simply runs again
+
+
+@given(st.sets(st.integers(0, 5_000), max_size=300), st.integers(0, 10**12))
+def test_any_finished_set_round_trips(offsets: set[int], position: int) -> None:
+    finished = {position + o for o in offsets}
+    assert decode_finished(position, encode_finished(position, finished)) == finished
+
+
+def test_a_new_owner_skips_exactly_what_the_old_one_finished_above_its_commit() -> None:
+    old: OffsetTracker[tuple[str, int]] = OffsetTracker()
+    for offset in range(10, 16):
+        old.start(TP, offset)
+    for offset in (10, 12, 13, 15):  # 11 hangs; 14 still running
+        old.finish(TP, offset)
+    position, metadata = old.to_commit()[TP]
+    assert position == 11
+    assert decode_finished(position, metadata) == {12, 13, 15}

@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from analytics.queries import QUERIES
 from ingress.analytics_params import http_params
+from ingress.dashboard_api import ASSET_PATH, PAGE_PATH
 from ingress.openapi import OPENAPI_PATH, build_openapi, openapi_json
 from schemas.openai import ErrorBody
 from tests.unit.ingress_stack import ADMIN_KEY, build_stack
@@ -134,8 +135,15 @@ def test_security_data_plane_keys_admin_routes_admin_key_probes_nothing() -> Non
     document = build_openapi()
     assert document["security"] == [{"virtualKey": []}]
     paths = document["paths"]
-    admin = [p for p in paths if p.startswith(("/admin/", "/v1/analytics"))]
-    assert len(admin) == len(QUERIES) + 1 + 8
+    # the dashboard's page and assets hold no data: public (ingress/dashboard_api.py)
+    admin = [
+        p
+        for p in paths
+        if p.startswith(("/admin/", "/v1/analytics")) and p not in {PAGE_PATH, ASSET_PATH}
+    ]
+    assert len(admin) == len(QUERIES) + 1 + 8 + 1  # + the dashboard's data
+    for name in (PAGE_PATH, ASSET_PATH):
+        assert paths[name]["get"]["security"] == []
     for name in admin:
         for operation in paths[name].values():
             assert operation["security"] == [{"adminKey": []}], name

@@ -74,6 +74,7 @@ from workers.batches.state import (
     transition,
     window_passed,
 )
+from workers.telemetry.metrics import batch_metrics, start_metrics
 
 log = logging.getLogger("tollway.batches")
 
@@ -278,6 +279,10 @@ class BatchWorker:
         for p, offset in state["results_offsets"].items():
             if offset < self._read_next.get(int(p), offset):
                 self._seek_to[int(p)] = min(offset, self._seek_to.get(int(p), offset))
+                # Rewound now, not when the reader applies the seek: a checkpoint in between
+                # must not claim results this batch has not been given (an under-claim only
+                # re-reads results, which the bitmap drops; an over-claim loses them).
+                self._read_next[int(p)] = self._seek_to[int(p)]
         owned.task = asyncio.create_task(self._drive(owned))
 
     # --- results -------------------------------------------------------------------------
@@ -314,6 +319,7 @@ class BatchWorker:
             return
         custom_id = result["metadata"].get(META_CUSTOM_ID, "")
         owned.assembly.add_result(parsed[1], custom_id, result)
+        batch_metrics().results.inc()
 
     # --- checkpoints ---------------------------------------------------------------------
 
@@ -575,6 +581,7 @@ class BatchWorker:
                 done["expanded"] = True
                 done["total"] = max(done["total"], done["completed"] + done["failed"])
             await self._publish(owned, done)
+        batch_metrics().finished.labels(final).inc()
         log.info(
             "batch %s %s: %d completed, %d failed",
             state["batch_id"],
@@ -664,6 +671,12 @@ async def serve(kafka: KafkaSettings, settings: BatchesSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)
     log.info("batch worker starting against %s (store %s)", kafka.bootstrap, settings.store_dir)
+    start_metrics(
+        "batches-worker",
+        settings.metrics_port,
+        bootstrap=kafka.bootstrap,
+        lag_groups=(settings.group_id,),
+    )
     if budgets is not None:
         await budgets.view.start()
     try:

@@ -23,6 +23,8 @@ from schemas import codec, topics
 from schemas.batch_topics import BATCH_STATE
 from schemas.records import BatchCommand, BatchState, RequestEnvelope
 from schemas.settings import KafkaSettings
+from workers.producer_renewal import RenewableProducer, producer_state_lost
+from workers.telemetry.metrics import batch_metrics
 
 log = logging.getLogger("tollway.batches.kafka")
 
@@ -47,23 +49,34 @@ def decode_state_record(key: bytes | None, value: bytes | None) -> BatchState | 
     return codec.decode("batch_state", value)
 
 
-def new_producer(kafka: KafkaSettings, client_id: str) -> AIOKafkaProducer:
-    return AIOKafkaProducer(
-        bootstrap_servers=kafka.bootstrap,
-        client_id=client_id,
-        enable_idempotence=True,
-        acks="all",
-        linger_ms=5,  # expansion sends thousands at once: batching is the point here
-        max_request_size=2 * 1024 * 1024,
-        request_timeout_ms=kafka.request_timeout_ms,
+def new_producer(kafka: KafkaSettings, client_id: str) -> RenewableProducer:
+    """The batch producer, replaced if the broker loses its idempotence state (0021)."""
+    return RenewableProducer(
+        lambda: AIOKafkaProducer(
+            bootstrap_servers=kafka.bootstrap,
+            client_id=client_id,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=5,  # expansion sends thousands at once: batching is the point here
+            max_request_size=2 * 1024 * 1024,
+            request_timeout_ms=kafka.request_timeout_ms,
+        )
     )
 
 
 class BatchPublisher:
     """Durable writes (acks=all) of batch state, commands and expanded requests."""
 
-    def __init__(self, producer: AIOKafkaProducer) -> None:
-        self.producer = producer
+    def __init__(self, producers: RenewableProducer) -> None:
+        self.producers = producers
+
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        return self.producers.current
+
+    async def _after_failure(self, producer: AIOKafkaProducer, exc: KafkaError) -> None:
+        if producer_state_lost(exc):
+            await self.producers.renew(producer, exc)
 
     async def state(self, state: BatchState, *, retry: bool = True) -> None:
         value = codec.encode("batch_state", state)
@@ -91,16 +104,21 @@ class BatchPublisher:
             for e in envelopes
         ]
         while encoded:
+            producer = self.producer
             try:
-                await self._send_batches(encoded)
+                await self._send_batches(producer, encoded)
             except KafkaError as exc:
                 log.warning("publishing requests failed (%s); retrying", type(exc).__name__)
+                await self._after_failure(producer, exc)
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, _BACKOFF_MAX_S)
             else:
+                batch_metrics().lines.inc(len(encoded))
                 return
 
-    async def _send_batches(self, records: list[tuple[bytes, bytes, int]]) -> None:
+    async def _send_batches(
+        self, producer: AIOKafkaProducer, records: list[tuple[bytes, bytes, int]]
+    ) -> None:
         topic = topics.REQUESTS_BATCH.name
         by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
         for key, value, line in records:
@@ -109,15 +127,13 @@ class BatchPublisher:
             )
         futures = []
         for partition, items in by_partition.items():
-            batch = self.producer.create_batch()
+            batch = producer.create_batch()
             for key, value in items:
                 if batch.append(key=key, value=value, timestamp=None) is None:
-                    futures.append(
-                        await self.producer.send_batch(batch, topic, partition=partition)
-                    )
-                    batch = self.producer.create_batch()
+                    futures.append(await producer.send_batch(batch, topic, partition=partition))
+                    batch = producer.create_batch()
                     batch.append(key=key, value=value, timestamp=None)
-            futures.append(await self.producer.send_batch(batch, topic, partition=partition))
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
         await asyncio.gather(*futures)
 
     async def _send(
@@ -125,13 +141,15 @@ class BatchPublisher:
     ) -> None:
         delay_s = 0.1
         while True:
+            producer = self.producer
             try:
                 futures = [
-                    await self.producer.send(topic, value, key=key, partition=partition)
+                    await producer.send(topic, value, key=key, partition=partition)
                     for key, value, partition in records
                 ]
                 await asyncio.gather(*futures)
             except KafkaError as exc:
+                await self._after_failure(producer, exc)
                 if not retry:
                     raise
                 log.warning("publish to %s failed (%s); retrying", topic, type(exc).__name__)

@@ -51,4 +51,10 @@ class BatchesSettings(BaseSettings):
         description="How often a paced or paused expansion looks at the budget view again.",
     )
     session_timeout_ms: int = Field(default=10_000, ge=3_000)
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        description="Port of the batch worker's Prometheus /metrics listener "
+        "(docs/metrics.md); unset or 0 = none.",
+    )
     routes_file: Path | None = Field(default=None, validation_alias="TOLLWAY_ROUTES_FILE")

@@ -78,6 +78,8 @@ from workers.faust_app import (
     run_processor,
     send_all,
 )
+from workers.telemetry.metrics import budget_metrics, dead_letter_metrics, start_metrics
+from workers.telemetry.tracing import set_attributes, start_span
 
 log = logging.getLogger("tollway.budget")
 
@@ -109,6 +111,15 @@ def state_record(state: BudgetState) -> Outgoing:
 def event_record(event: BudgetEvent) -> Outgoing:
     key = state_key(event["scope_type"], event["scope_id"], event["window"])
     return topics.BUDGET_EVENTS.name, key.encode(), codec.encode("budget_event", event), None, None
+
+
+def _count_outcomes(outcomes: dict[str, int]) -> None:
+    """Metrics of a batch Kafka has acknowledged: outcomes of its usage records."""
+    for outcome, count in outcomes.items():
+        if outcome == "dead":
+            dead_letter_metrics().published.labels(topics.DEAD_LETTERS.name).inc(count)
+        else:
+            budget_metrics().usage.labels(outcome).inc(count)
 
 
 class BudgetProcessor:
@@ -173,6 +184,7 @@ class BudgetProcessor:
             by_partition.setdefault(event.message.partition, []).append(event)
         outgoing: list[Outgoing] = []
         done: list[tuple[int, int]] = []
+        outcomes: dict[str, int] = {}  # for the metrics, once Kafka has the batch
         for partition, part_events in sorted(by_partition.items()):
             batch = LedgerBatch(
                 self.ledger.read,
@@ -187,9 +199,19 @@ class BudgetProcessor:
                     usage = codec.decode("usage", event.value)
                 except CorruptRecord as exc:
                     self.counts["dead"] += 1
+                    outcomes["dead"] = outcomes.get("dead", 0) + 1
                     outgoing.append(dead_letter(event, exc))
                     continue
-                self.counts[batch.apply(event.message.offset, usage)] += 1
+                with start_span(  # a child of the cost processor's span (0019)
+                    f"process {topics.USAGE.name}",
+                    kind="consumer",
+                    headers=event.message.headers,
+                    attributes={"tollway.request_id": usage["request_id"]},
+                ):
+                    outcome = batch.apply(event.message.offset, usage)
+                    set_attributes({"tollway.budget_outcome": outcome})
+                self.counts[outcome] += 1
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
             self.watermarks[partition] = batch.watermark_ms
             if batch.late:
                 self.counts["late"] += batch.late
@@ -217,6 +239,7 @@ class BudgetProcessor:
         await send_all(self.app, outgoing)
         for partition, offset in done:
             self.freshness.processed(partition, offset)
+        _count_outcomes(outcomes)
 
     def _forward_partial_global(self, batch: LedgerBatch) -> list[Outgoing]:
         """Every partial-global chunk the batch touched, as it stands (replays included)."""
@@ -421,6 +444,12 @@ def run_budget_processor(
     kafka = kafka or KafkaSettings()
     settings = settings or BudgetSettings()
     config = load_budgets(settings.budgets_file)
+    start_metrics(
+        "budget-processor",
+        settings.metrics_port,
+        bootstrap=kafka.bootstrap,
+        lag_groups=(settings.app_id,),  # the faust app id is its consumer group
+    )
     run_processor(
         kafka.bootstrap,
         settings,

@@ -50,6 +50,12 @@ class BudgetSettings(BaseSettings):
         description="Where a NEW consumer group starts (tests/benchmarks: latest).",
     )
     web_port: int | None = None
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        description="Port of this process's Prometheus /metrics listener "
+        "(docs/metrics.md); unset or 0 = none.",
+    )
     data_dir: Path = Field(
         default_factory=lambda: Path(os.environ.get("TOLLWAY_STATE_DIR", ".tollway")) / "faust",
         description="faust's data dir (tables are in memory; it holds little).",

@@ -2,7 +2,8 @@
 
 Reading order: `canonical.py` (keys, who may use the cache) -> `store.py` (exact store:
 TTL, LRU, bounds) -> `semantic.py` (vector index per scope) -> `minilm.py` +
-`wordpiece.py` (the embedding model in numpy) -> `cache.py` (lookup/admit) ->
+`minilm_graph.py` + `wordpiece.py` (the embedding model on onnxruntime, 0020;
+`minilm_reference.py` the float32 oracle) -> `cache.py` (lookup/admit) ->
 `answers.py` (a hit as Result, Attempt and stream) -> `hook.py` (the router's calls) ->
 `kafka.py` (tollway.cache) -> `service.py` (wiring), `settings.py` (TOLLWAY_CACHE_*).
 """

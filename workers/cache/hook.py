@@ -90,6 +90,7 @@ class RouterCache:
                         "execution_id": execution_id,
                         "seq": seq,
                         "data": data,
+                        "cache": kind if seq == 0 else None,  # the ingress's header
                     }
                 )
         attempt = hit_attempt(

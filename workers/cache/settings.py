@@ -80,7 +80,7 @@ class CacheSettings(BaseSettings):
     )
     embedder: str = Field(
         default="local",
-        description="`local`: all-MiniLM-L6-v2 in-process (numpy). `deployment:<model>` "
+        description="`local`: all-MiniLM-L6-v2 in-process (onnxruntime). `deployment:<model>` "
         "(a provider embeddings deployment of the routes) is reserved: not implemented yet.",
     )
     share_groups: dict[str, str] = Field(

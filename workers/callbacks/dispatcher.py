@@ -45,7 +45,9 @@ from workers.callbacks.endpoints import WebhooksConfig
 from workers.callbacks.retry import next_due_ms
 from workers.callbacks.settings import CallbacksSettings, load_webhooks
 from workers.callbacks.ssrf import parse_networks
+from workers.producer_renewal import RenewableProducer, producer_state_lost
 from workers.router.offsets import OffsetTracker
+from workers.telemetry.metrics import dead_letter_metrics, start_metrics, webhook_metrics
 
 log = logging.getLogger("tollway.callbacks")
 
@@ -174,11 +176,19 @@ class Dispatcher:
         )
         self.disabled: dict[str, bool] = {}
         self._recent: OrderedDict[tuple[str, str], None] = OrderedDict()
+        # Requests whose first result this process read: a later result of the same request
+        # (a re-execution) gets no webhook; the first result is the request's state (0003).
+        # Not kept across restarts: a re-execution's result read by a new process after the
+        # first one was committed still sends a second webhook (docs/reliability.md).
+        self._answered: OrderedDict[bytes, None] = OrderedDict()
         self._slots = asyncio.Semaphore(settings.max_in_flight)
         self._stopping = asyncio.Event()
         common = {"bootstrap_servers": kafka.bootstrap, "client_id": client_id}
-        self.producer = AIOKafkaProducer(
-            **common, enable_idempotence=True, acks="all", max_request_size=2 * 1024 * 1024
+        # Replaced, not retried, when the broker lost its idempotence state (0021).
+        self.producers = RenewableProducer(
+            lambda: AIOKafkaProducer(
+                **common, enable_idempotence=True, acks="all", max_request_size=2 * 1024 * 1024
+            )
         )
         self.events = _Lane(
             AIOKafkaConsumer(
@@ -209,6 +219,11 @@ class Dispatcher:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        """The current producer (a new one after a loss of idempotence state)."""
+        return self.producers.current
 
     async def run(self) -> None:
         await self.producer.start()
@@ -281,6 +296,17 @@ class Dispatcher:
                     continue
                 self.disabled[state["endpoint_key"]] = state["disabled"]
 
+    # --- first results -------------------------------------------------------------------
+
+    def _first_result(self, request_key: bytes) -> bool:
+        """True for the first result of a request seen here; it is remembered."""
+        if request_key in self._answered:
+            return False
+        self._answered[request_key] = None
+        if len(self._answered) > _RECENT_MAX:
+            self._answered.popitem(last=False)
+        return True
+
     # --- events --------------------------------------------------------------------------
 
     async def _on_event(self, record: ConsumerRecord[bytes, bytes]) -> None:
@@ -290,7 +316,11 @@ class Dispatcher:
             if record.topic == topics.RESULTS.name:
                 # Only ingress ids can carry a callback; batch results (breq_) are skipped
                 # without decoding.
-                if record.key is not None and record.key.startswith(b"req_"):
+                if (
+                    record.key is not None
+                    and record.key.startswith(b"req_")
+                    and self._first_result(record.key)
+                ):
                     deliveries = events.from_result(
                         codec.decode("result", record.value or b""), now
                     )
@@ -304,16 +334,27 @@ class Dispatcher:
         except CorruptRecord:
             log.exception("undecodable %s record at offset %s", record.topic, record.offset)
             return
-        await asyncio.gather(*(self._first_attempt(d) for d in deliveries))
+        try:
+            await asyncio.gather(*(self._first_attempt(d) for d in deliveries))
+        except BaseException:  # not handled after all (e.g. cancelled by a revocation)
+            if record.topic == topics.RESULTS.name and record.key is not None:
+                self._answered.pop(record.key, None)
+            raise
 
     async def _first_attempt(self, delivery: WebhookDelivery) -> None:
         seen = (delivery["webhook_id"], delivery["endpoint_key"])
         if seen in self._recent:
             return  # the same event again (a redelivered result): already handled here
-        await self._attempt(delivery)
+        # Marked before the attempt: a second result of the same request (a re-execution)
+        # read while the first one's delivery is still in progress is not delivered too.
         self._recent[seen] = None
         if len(self._recent) > _RECENT_MAX:
             self._recent.popitem(last=False)
+        try:
+            await self._attempt(delivery)
+        except BaseException:  # cancelled (a revocation) or failed: not handled after all
+            self._recent.pop(seen, None)
+            raise
 
     async def _on_retry(self, record: ConsumerRecord[bytes, bytes]) -> None:
         try:
@@ -336,9 +377,13 @@ class Dispatcher:
         if team is None:
             await self._dead(delivery, f"no webhook secret configured for {delivery['team_id']}")
             return
+        metrics = webhook_metrics()
         async with self._slots:
             now_ms = self.clock_ms()
+            started = time.perf_counter()
             outcome = await self.sender.send(delivery, team.keys(), now_ms // 1000)
+            metrics.duration.observe(time.perf_counter() - started)
+        metrics.attempts.labels(outcome.kind).inc()
         attempt = delivery.copy()
         attempt["attempt"] += 1
         attempt["last_error"] = None if outcome.kind == "delivered" else outcome.detail
@@ -365,6 +410,7 @@ class Dispatcher:
         await self._send(
             CALLBACKS_RETRY.name, attempt["webhook_id"], codec.encode("webhook_delivery", attempt)
         )
+        metrics.retries.inc()
 
     async def _dead(self, delivery: WebhookDelivery, reason: str) -> None:
         dead = delivery.copy()
@@ -373,6 +419,7 @@ class Dispatcher:
         await self._send(
             CALLBACKS_DEAD.name, dead["webhook_id"], codec.encode("webhook_delivery", dead)
         )
+        dead_letter_metrics().published.labels(CALLBACKS_DEAD.name).inc()
 
     async def _disable(self, key: str, reason: str) -> None:
         self.disabled[key] = True
@@ -387,10 +434,13 @@ class Dispatcher:
     async def _send(self, topic: str, key: str, value: bytes) -> None:
         delay_s = 0.1
         while True:
+            producer = self.producer
             try:
-                await self.producer.send_and_wait(topic, value, key=key.encode())
+                await producer.send_and_wait(topic, value, key=key.encode())
             except KafkaError as exc:
                 log.warning("publish to %s failed (%s); retrying", topic, type(exc).__name__)
+                if producer_state_lost(exc):
+                    await self.producers.renew(producer, exc)
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, _BACKOFF_MAX_S)
             else:
@@ -471,4 +521,10 @@ async def serve(kafka: KafkaSettings, settings: CallbacksSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, dispatcher.stop)
     log.info("callback dispatcher starting against %s", kafka.bootstrap)
+    start_metrics(
+        "callbacks",
+        settings.metrics_port,
+        bootstrap=kafka.bootstrap,
+        lag_groups=(settings.group_id, f"{settings.group_id}-retry"),
+    )
     await dispatcher.run()

@@ -44,6 +44,12 @@ class CallbacksSettings(BaseSettings):
     retry_give_up_after_s: float = Field(default=3 * 24 * 3600.0, gt=0)
     retry_jitter: float = Field(default=0.2, ge=0, lt=1)
     commit_interval_ms: int = Field(default=500, ge=10)
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        description="Port of the dispatcher's Prometheus /metrics listener "
+        "(docs/metrics.md); unset or 0 = none.",
+    )
 
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(

@@ -46,6 +46,8 @@ from workers.faust_app import (
     run_processor,
     send_all,
 )
+from workers.telemetry.metrics import cost_metrics, dead_letter_metrics, start_metrics
+from workers.telemetry.tracing import inject_headers, set_attributes, start_span
 
 log = logging.getLogger("tollway.cost")
 alert_log = logging.getLogger("tollway.cost.alert")
@@ -92,31 +94,55 @@ class CostProcessor:
     async def process(self, events: Sequence[Any]) -> None:
         now = wall_ms()
         outgoing: list[Outgoing] = []
+        priced: list[UsageRecord] = []
+        dead = 0
         for event in events:
             self.counts["attempts"] += 1
             try:
                 attempt = codec.decode("attempt", event.value)
             except CorruptRecord as exc:
                 self.counts["dead"] += 1
+                dead += 1
                 outgoing.append(dead_letter(event, exc))
                 continue
-            usage = price_attempt(attempt, self.catalogue, priced_at_ms=now)
+            with start_span(  # a child of the router's span, from the headers (0019)
+                f"process {topics.ATTEMPTS.name}",
+                kind="consumer",
+                headers=event.message.headers,
+                attributes={"tollway.request_id": attempt["request_id"]},
+            ):
+                usage = price_attempt(attempt, self.catalogue, priced_at_ms=now)
+                if usage is not None:
+                    set_attributes({"tollway.cost_status": usage["cost_status"]})
+                headers = inject_headers()  # the usage record continues the request's trace
             if usage is None:
                 continue
             if usage["cost_status"] == "unpriced":
                 self.counts["unpriced"] += 1
                 self.alerts.record(usage, now)
             self.counts["usage"] += 1
+            priced.append(usage)
             outgoing.append(
                 (
                     topics.USAGE.name,
                     usage["team_id"].encode(),
                     codec.encode("usage", usage),
-                    None,
+                    headers,
                     None,
                 )
             )
         await send_all(self.app, outgoing)
+        metrics = cost_metrics()  # counted once Kafka has the records
+        for usage in priced:
+            metrics.usage_record(
+                usage["model"],
+                usage["cost_status"],
+                usage["prompt_tokens"],
+                usage["completion_tokens"],
+                usage["cost_nano_usd"],
+            )
+        if dead:
+            dead_letter_metrics().published.labels(topics.DEAD_LETTERS.name).inc(dead)
 
 
 def build_cost_app(kafka: KafkaSettings, settings: CostSettings, catalogue: Catalogue) -> faust.App:
@@ -151,6 +177,12 @@ def run_cost_processor(
     settings = settings or CostSettings()
     catalogue = load_catalogue(
         settings.catalogue_file, load_overrides(settings.price_overrides_file)
+    )
+    start_metrics(
+        "cost-processor",
+        settings.metrics_port,
+        bootstrap=kafka.bootstrap,
+        lag_groups=(settings.app_id,),  # the faust app id is its consumer group
     )
     run_processor(kafka.bootstrap, settings, partial(build_cost_app, kafka, settings, catalogue))
 

@@ -32,6 +32,12 @@ class CostSettings(BaseSettings):
         description="Where a NEW consumer group starts (tests/benchmarks: latest).",
     )
     web_port: int | None = Field(default=None, description="Faust's web server; None = off.")
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        description="Port of this process's Prometheus /metrics listener "
+        "(docs/metrics.md); unset or 0 = none.",
+    )
     data_dir: Path = Field(
         default_factory=lambda: Path(os.environ.get("TOLLWAY_STATE_DIR", ".tollway")) / "faust",
         description="faust's data dir (tables are in memory; it holds little).",

@@ -48,15 +48,20 @@ from schemas.records import RequestEnvelope, StreamChunk
 from schemas.routes import load_routes
 from schemas.settings import KafkaSettings
 from workers.budget.view import EnforcementSettings
+from workers.dead_letters import send_dead_letter, source_of
+from workers.producer_renewal import RenewableProducer, producer_state_lost
 from workers.providers.registry import build_registry
 from workers.router.budgets import build_budgets
 from workers.router.cancelled import CancelledBatches
 from workers.router.execution import Execution, Executor
 from workers.router.lanes import Lanes, take
 from workers.router.membership import fetched_after_absence
-from workers.router.offsets import OffsetTracker
+from workers.router.offsets import OffsetTracker, decode_finished
 from workers.router.rate_gate import RateGate
 from workers.router.settings import RouterSettings
+from workers.telemetry.logs import bind_request_id
+from workers.telemetry.metrics import router_metrics, start_metrics
+from workers.telemetry.tracing import inject_headers, mark_error, set_attributes, start_span
 from workers.tenancy.config_kafka import KafkaTenancyView
 from workers.tenancy.model import TenancyView
 from workers.tenancy.settings import TenancySettings
@@ -64,6 +69,7 @@ from workers.tenancy.settings import TenancySettings
 log = logging.getLogger("tollway.router")
 
 _PUBLISH_BACKOFF_MAX_S = 5.0
+_LOAD_FINISHED_TIMEOUT_S = 5.0
 PRODUCER_BATCH_BYTES = 256 * 1024
 """Largest record batch per partition (aiokafka's default is 16 KiB); below the
 broker's 1 MiB message.max.bytes."""
@@ -80,9 +86,11 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         await self._router.commit()
         for tp in revoked:
             self._router.tracker.drop(tp)
+            self._router.finished_by_previous_owner.pop(tp, None)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         log.info("assigned %d partitions", len(assigned))
+        await self._router.load_finished(assigned)
 
 
 class Router:
@@ -101,6 +109,9 @@ class Router:
         self.executor = executor
         self.cancelled = cancelled  # lines of cancelled batches are skipped (cancelled.py)
         self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
+        # Offsets a partition's previous owner finished above its committed position
+        # (commit metadata, workers/router/offsets.py): skipped, not run again.
+        self.finished_by_previous_owner: dict[TopicPartition, set[int]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._tasks_by_tp: dict[TopicPartition, set[asyncio.Task[None]]] = {}
         self._stopping = asyncio.Event()
@@ -124,21 +135,29 @@ class Router:
             heartbeat_interval_ms=max(1_000, settings.session_timeout_ms // 3),
             request_timeout_ms=kafka.request_timeout_ms + settings.session_timeout_ms,
         )
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=kafka.bootstrap,
-            client_id=f"tollway-router-{executor.router_id}",
-            enable_idempotence=True,
-            acks="all",
-            linger_ms=0,  # measured: linger 2 ms adds ~2.8 ms per hop; load batches anyway
-            # A burst (hundreds of results finishing at once, e.g. budget refusals) queues
-            # behind one in-flight request per broker (idempotence): measured here, 1,000
-            # results + replies took 12 s with 16 KiB batches (past the send timeout) and
-            # 1.3 s with 256 KiB.
-            max_batch_size=PRODUCER_BATCH_BYTES,
-            max_request_size=topics.REQUEST_RECORD_MAX_BYTES,  # a dead-lettered request
-            partitioner=KeyPartitioner(),  # Kafka's murmur2, at half aiokafka's cost (0012)
-            request_timeout_ms=kafka.request_timeout_ms,
+        # Replaced, not retried, when the broker lost its idempotence state (0021).
+        self.producers = RenewableProducer(
+            lambda: AIOKafkaProducer(
+                bootstrap_servers=kafka.bootstrap,
+                client_id=f"tollway-router-{executor.router_id}",
+                enable_idempotence=True,
+                acks="all",
+                linger_ms=0,  # measured: linger 2 ms adds ~2.8 ms per hop; load batches anyway
+                # A burst (hundreds of results finishing at once, e.g. budget refusals) queues
+                # behind one in-flight request per broker (idempotence): measured here, 1,000
+                # results + replies took 12 s with 16 KiB batches (past the send timeout) and
+                # 1.3 s with 256 KiB.
+                max_batch_size=PRODUCER_BATCH_BYTES,
+                max_request_size=topics.REQUEST_RECORD_MAX_BYTES,  # a dead-lettered request
+                partitioner=KeyPartitioner(),  # Kafka's murmur2, at half aiokafka's cost (0012)
+                request_timeout_ms=kafka.request_timeout_ms,
+            )
         )
+
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        """The current producer (a new one after a loss of idempotence state)."""
+        return self.producers.current
 
     async def run(self) -> None:
         await self.producer.start()
@@ -155,13 +174,18 @@ class Router:
                 batch = await self.consumer.getmany(timeout_ms=100, max_records=max(1, room))
                 polled = time.monotonic()
                 away_s, last_poll = polled - last_poll, polled
-                if batch and fetched_after_absence(away_s, self.settings.session_timeout_ms):
-                    self._put_back(batch, away_s)
+                if fetched_after_absence(away_s, self.settings.session_timeout_ms):
+                    if batch:
+                        self._put_back(batch, away_s)
+                    self._abandon_in_flight(away_s)
                     continue
                 for tp, records in batch.items():
                     for record in self._admitted(tp, records):
                         self.tracker.start(tp, record.offset)
-                        self._spawn(tp, record)
+                        if self._finished_before(tp, record.offset):
+                            self.tracker.finish(tp, record.offset)
+                        else:
+                            self._spawn(tp, record)
                 now = time.monotonic()
                 if (now - last_commit) * 1000 >= self.settings.commit_interval_ms:
                     await self.commit()
@@ -206,6 +230,9 @@ class Router:
 
     def _spawn(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
         task = asyncio.create_task(self._handle(tp, record))
+        in_flight = router_metrics().in_flight
+        in_flight.inc()
+        task.add_done_callback(lambda _: in_flight.dec())
         per_tp = self._tasks_by_tp.setdefault(tp, set())
         self._tasks.add(task)
         per_tp.add(task)
@@ -249,6 +276,27 @@ class Router:
                 self._waiting_by_tp.pop(tp, None)
             self._waiting_batch -= batch
 
+    def _abandon_in_flight(self, away_s: float) -> None:
+        """Cancel every record in flight after an absence past the session timeout.
+
+        Their partitions were handed over while this router was away: the new owner runs
+        those records from the last commit (they are not finished here, so never
+        committed). Letting them go on would make more provider calls (retries, fallbacks
+        and calls not yet started) and publish a second, possibly different, result: the
+        frozen-router duplicates of the chaos suite (docs/reliability.md)."""
+        if not self._tasks:
+            return
+        log.warning(
+            "router %s: %.1f s away (session timeout %d ms): %d records in flight abandoned "
+            "to the partitions' new owners",
+            self.executor.router_id,
+            away_s,
+            self.settings.session_timeout_ms,
+            len(self._tasks),
+        )
+        for task in list(self._tasks):
+            task.cancel()
+
     def _cancel_waiting(self, partitions: set[TopicPartition] | None = None) -> None:
         """Cancel the records of `partitions` (default: all) that wait for a rate limit."""
         for tp, tasks in list(self._waiting_by_tp.items()):
@@ -279,6 +327,40 @@ class Router:
         if paused - wanted:
             self.consumer.resume(*(paused - wanted))
 
+    async def load_finished(self, assigned: set[TopicPartition]) -> None:
+        """Read which records above each committed position the previous owner finished.
+
+        Uses the group coordinator aiokafka already has (its public `committed()` drops
+        the metadata). Bounded: on any failure those records simply run again."""
+        try:
+            async with asyncio.timeout(_LOAD_FINISHED_TIMEOUT_S):
+                committed = await self.consumer._coordinator.fetch_committed_offsets(assigned)
+        except (KafkaError, TimeoutError) as exc:
+            log.warning("could not read the commit metadata (%s)", type(exc).__name__)
+            return
+        for tp, entry in committed.items():
+            finished = decode_finished(entry.offset, entry.metadata)
+            if finished:
+                self.finished_by_previous_owner[tp] = finished
+                log.info(
+                    "%s/%s: %d records above offset %d were finished by the previous owner",
+                    tp.topic,
+                    tp.partition,
+                    len(finished),
+                    entry.offset,
+                )
+
+    def _finished_before(self, tp: TopicPartition, offset: int) -> bool:
+        """True (once) for a record the partition's previous owner already answered."""
+        finished = self.finished_by_previous_owner.get(tp)
+        if finished is None or offset not in finished:
+            return False
+        finished.discard(offset)
+        if not finished:
+            del self.finished_by_previous_owner[tp]
+        router_metrics().skipped_finished.inc()
+        return True
+
     async def commit(self) -> None:
         positions = self.tracker.to_commit()
         if not positions:
@@ -291,11 +373,21 @@ class Router:
         self.tracker.mark_committed(positions)
 
     async def _handle(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
+        # A child of the ingress's publish span, from the record's headers (0019); the
+        # attempts, result and reply published inside carry this span's context onward.
+        with start_span(f"process {record.topic}", kind="consumer", headers=record.headers):
+            await self._handle_record(tp, record)
+
+    async def _handle_record(
+        self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]
+    ) -> None:
         try:
             envelope = codec.decode("request", record.value or b"")
         except DeadLetter as exc:
             await self._publish_dead_letter(record, exc)
         else:
+            bind_request_id(envelope["request_id"])  # the record's own task: logs carry it
+            set_attributes({"tollway.request_id": envelope["request_id"]})
             relay = None
             if envelope["mode"] == "sync" and envelope["reply_partition"] is not None:
                 relay = ChunkRelay(self.producer, envelope["reply_partition"])
@@ -321,6 +413,17 @@ class Router:
                 failure = TollwayError("Internal error while routing the request.")
                 execution = Execution(self.executor.failed_result(envelope, failure))
             await self._publish(envelope, execution)
+            result = execution.result
+            if result["status"] == "failed":  # one line per failed request, with its ids
+                mark_error(result["error_type"] or "failed")
+                log.info(
+                    "request %s failed: %s (HTTP %s) after %d attempt(s)",
+                    result["request_id"],
+                    result["error_type"],
+                    result["http_status"],
+                    result["attempts"],
+                )
+            router_metrics().execution(execution.result, execution.attempts)
         self.tracker.finish(tp, record.offset)
 
     async def _publish(self, envelope: RequestEnvelope, execution: Execution) -> None:
@@ -330,6 +433,7 @@ class Router:
         records still in flight would add load exactly when the producer is behind.
         """
         key = envelope["request_id"].encode()
+        headers = inject_headers()  # the trace goes on to cost, loader, callbacks (0019)
         result_bytes = codec.encode("result", execution.result)
         records: list[tuple[str, bytes, int | None]] = [
             (topics.ATTEMPTS.name, codec.encode("attempt", a), None) for a in execution.attempts
@@ -340,17 +444,21 @@ class Router:
         futures: list[asyncio.Future[object] | None] = [None] * len(records)
         delay_s = 0.1
         while True:
+            producer = self.producer
             try:
                 for i, (topic, value, partition) in enumerate(records):
                     sent = futures[i]
                     if sent is None or (
                         sent.done() and (sent.cancelled() or sent.exception() is not None)
                     ):
-                        futures[i] = await self.producer.send(
-                            topic, value, key=key, partition=partition
+                        futures[i] = await producer.send(
+                            topic, value, key=key, partition=partition, headers=headers
                         )
                 await asyncio.gather(*(f for f in futures if f is not None))
             except KafkaError as exc:
+                if producer_state_lost(exc):
+                    await self.producers.renew(producer, exc)
+                    futures = [f if _acked(f) else None for f in futures]  # the rest again
                 log.warning("publish failed (%s); retrying in %.1fs", type(exc).__name__, delay_s)
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, _PUBLISH_BACKOFF_MAX_S)
@@ -360,23 +468,8 @@ class Router:
     async def _publish_dead_letter(
         self, record: ConsumerRecord[bytes, bytes], exc: DeadLetter
     ) -> None:
-        headers = [
-            ("tollway-error", type(exc).__name__.encode()),
-            ("tollway-reason", str(exc).encode()),
-            ("tollway-source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
-        ]
-        log.error(
-            "dead letter from %s/%s@%s: %s", record.topic, record.partition, record.offset, exc
-        )
-        while True:
-            try:
-                await self.producer.send_and_wait(
-                    topics.DEAD_LETTERS.name, record.value, key=record.key, headers=headers
-                )
-            except KafkaError:
-                await asyncio.sleep(0.5)
-            else:
-                return
+        source = source_of(record.topic, record.partition, record.offset)
+        await send_dead_letter(self.producer, source, record.key, record.value, exc)
 
     async def _drain(self) -> None:
         """Graceful stop: finish in-flight work, commit it, leave the group. Records waiting
@@ -389,6 +482,10 @@ class Router:
         await self.consumer.stop()
         await self.producer.stop()
         await self.executor.provider.aclose()
+
+
+def _acked(sent: asyncio.Future[object] | None) -> bool:
+    return sent is not None and sent.done() and not sent.cancelled() and sent.exception() is None
 
 
 class ChunkRelay:
@@ -464,6 +561,11 @@ async def serve(kafka: KafkaSettings, settings: RouterSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, router.stop)
     log.info("router %s starting against %s", executor.router_id, kafka.bootstrap)
+    start_metrics(
+        "router", settings.metrics_port, bootstrap=kafka.bootstrap, lag_groups=(settings.group_id,)
+    )
+    if budgets is not None:
+        router_metrics().watch_reservations(budgets.ledger.holds, budgets.ledger.reserved_total)
     if budgets is not None:
         await budgets.start(enforcement.ready_timeout_s)
     await cancelled.start()

@@ -51,12 +51,14 @@ from schemas.records import (
 from schemas.routes import EMBEDDING_PROVIDERS, Deployment, ModelRoute, RoutesConfig
 from workers.providers.base import ChatProvider, ProviderReply, StreamPiece
 from workers.providers.canonical import completion_as_chunk
+from workers.router.call_spans import traced_send
 from workers.router.fallback import RetryPolicy, run_fallback
 from workers.router.health import HealthBoard
 from workers.router.pacing import Pacer
 from workers.router.policy import healthy_first, order_by_strategy
 from workers.router.rate_limits import RETRY_AFTER_KEY
 from workers.router.stream_assembly import StreamAssembler
+from workers.telemetry.metrics import router_metrics
 
 if TYPE_CHECKING:
     from workers.cache.hook import RouterCache
@@ -249,7 +251,7 @@ class Executor:
             envelope=envelope,
             execution_id=execution_id,
             attempts=attempts,
-            send=send,
+            send=traced_send(send, envelope, attempts, embeddings=embeddings),  # spans: 0019
             queued=queued,
             tokens=estimate_tokens(envelope["body"], request, embeddings=embeddings),
         )
@@ -424,8 +426,12 @@ class StreamRelay:
     async def __call__(self, route: Deployment) -> ProviderReply:
         assembler = StreamAssembler()
         usage = None
+        started: float | None = time.perf_counter()
         try:
             async for piece in self._timed_pieces(route):
+                if started is not None:  # time to first token, by deployment
+                    router_metrics().ttft.labels(route.name).observe(time.perf_counter() - started)
+                    started = None
                 chunk = orjson.loads(piece.data)
                 assembler.add(chunk)
                 if piece.usage is not None:
@@ -438,6 +444,7 @@ class StreamRelay:
                         "execution_id": self._execution_id,
                         "seq": self.sent,
                         "data": piece.data,
+                        "cache": None,
                     }
                 )
                 self.sent += 1

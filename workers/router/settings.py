@@ -61,4 +61,9 @@ class RouterSettings(BaseSettings):
         description="Output tokens charged against a TPM limit at admission for a request "
         "without max_tokens; settled to the provider's count after the call.",
     )
-    metrics_port: int | None = None
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        description="Port of this process's Prometheus /metrics listener "
+        "(docs/metrics.md); unset or 0 = none.",
+    )

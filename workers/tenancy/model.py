@@ -41,7 +41,8 @@ class WalletLimits:
     """Denial-of-wallet caps of a team; each `None` means the gateway-wide default applies.
 
     max_input_bytes: request body size; max_output_tokens: the largest `max_tokens`
-    (or `max_completion_tokens`) a request may ask for; max_batch_lines: lines in one
+    (or `max_completion_tokens`) a request may ask for, and the `max_completion_tokens`
+    written into a request that names neither; max_batch_lines: lines in one
     batch input file; max_queued_requests: async + batch work accepted but not finished.
     """
 

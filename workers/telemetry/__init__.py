@@ -1,0 +1,1 @@
+"""Telemetry shared by every Tollway process: metrics, traces, structured logs."""
