@@ -37,7 +37,7 @@ from schemas.errors import CorruptRecord, ServiceUnavailable
 from schemas.kafka_partitioner import KeyPartitioner, partition_for_key
 from schemas.records import RequestEnvelope, Result
 from schemas.settings import KafkaSettings
-from workers.producer_renewal import RenewableProducer, producer_state_lost
+from workers.producer_renewal import RenewableProducer
 from workers.router.rate_limits import is_rate_limited
 from workers.telemetry.logs import bind_request_id
 from workers.telemetry.tracing import inject_headers, start_span
@@ -180,8 +180,8 @@ class KafkaBus(ReplyWaiters):
                     )
                     await ack
             except (KafkaError, TimeoutError) as exc:
-                if producer_state_lost(exc):  # this request gets 503; the next ones a new one
-                    await self._producers.renew(producer, exc)
+                # This request gets 503; after a lost producer state the next get a new one.
+                await self._producers.renew_if_lost(producer, exc)
                 raise ServiceUnavailable(
                     "The request could not be written to Kafka and was not accepted; retry later.",
                     retry_after_s=1,

@@ -68,6 +68,14 @@ class RenewableProducer:
     async def stop(self) -> None:
         await self.current.stop()
 
+    async def renew_if_lost(self, failed: AIOKafkaProducer, exc: BaseException) -> bool:
+        """After a failed send on `failed`: renew it if `exc` means its state is lost.
+        True when it was (the caller sends what was not acknowledged again)."""
+        if not producer_state_lost(exc):
+            return False
+        await self.renew(failed, exc)
+        return True
+
     async def renew(self, failed: AIOKafkaProducer, cause: KafkaError) -> None:
         """Start a new producer in place of `failed` (no-op if that already happened)."""
         async with self._lock:

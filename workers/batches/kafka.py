@@ -23,7 +23,7 @@ from schemas import codec, topics
 from schemas.batch_topics import BATCH_STATE
 from schemas.records import BatchCommand, BatchState, RequestEnvelope
 from schemas.settings import KafkaSettings
-from workers.producer_renewal import RenewableProducer, producer_state_lost
+from workers.producer_renewal import RenewableProducer
 from workers.telemetry.metrics import batch_metrics
 
 log = logging.getLogger("tollway.batches.kafka")
@@ -74,10 +74,6 @@ class BatchPublisher:
     def producer(self) -> AIOKafkaProducer:
         return self.producers.current
 
-    async def _after_failure(self, producer: AIOKafkaProducer, exc: KafkaError) -> None:
-        if producer_state_lost(exc):
-            await self.producers.renew(producer, exc)
-
     async def state(self, state: BatchState, *, retry: bool = True) -> None:
         value = codec.encode("batch_state", state)
         await self._send(BATCH_STATE.name, [(state["batch_id"].encode(), value, None)], retry)
@@ -109,7 +105,7 @@ class BatchPublisher:
                 await self._send_batches(producer, encoded)
             except KafkaError as exc:
                 log.warning("publishing requests failed (%s); retrying", type(exc).__name__)
-                await self._after_failure(producer, exc)
+                await self.producers.renew_if_lost(producer, exc)
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, _BACKOFF_MAX_S)
             else:
@@ -149,7 +145,7 @@ class BatchPublisher:
                 ]
                 await asyncio.gather(*futures)
             except KafkaError as exc:
-                await self._after_failure(producer, exc)
+                await self.producers.renew_if_lost(producer, exc)
                 if not retry:
                     raise
                 log.warning("publish to %s failed (%s); retrying", topic, type(exc).__name__)

@@ -45,7 +45,7 @@ from workers.callbacks.endpoints import WebhooksConfig
 from workers.callbacks.retry import next_due_ms
 from workers.callbacks.settings import CallbacksSettings, load_webhooks
 from workers.callbacks.ssrf import parse_networks
-from workers.producer_renewal import RenewableProducer, producer_state_lost
+from workers.producer_renewal import RenewableProducer
 from workers.router.offsets import OffsetTracker
 from workers.telemetry.metrics import dead_letter_metrics, start_metrics, webhook_metrics
 
@@ -439,8 +439,7 @@ class Dispatcher:
                 await producer.send_and_wait(topic, value, key=key.encode())
             except KafkaError as exc:
                 log.warning("publish to %s failed (%s); retrying", topic, type(exc).__name__)
-                if producer_state_lost(exc):
-                    await self.producers.renew(producer, exc)
+                await self.producers.renew_if_lost(producer, exc)
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, _BACKOFF_MAX_S)
             else:

@@ -49,7 +49,7 @@ from schemas.routes import load_routes
 from schemas.settings import KafkaSettings
 from workers.budget.view import EnforcementSettings
 from workers.dead_letters import send_dead_letter, source_of
-from workers.producer_renewal import RenewableProducer, producer_state_lost
+from workers.producer_renewal import RenewableProducer
 from workers.providers.registry import build_registry
 from workers.router.budgets import build_budgets
 from workers.router.cancelled import CancelledBatches
@@ -456,8 +456,7 @@ class Router:
                         )
                 await asyncio.gather(*(f for f in futures if f is not None))
             except KafkaError as exc:
-                if producer_state_lost(exc):
-                    await self.producers.renew(producer, exc)
+                if await self.producers.renew_if_lost(producer, exc):
                     futures = [f if _acked(f) else None for f in futures]  # the rest again
                 log.warning("publish failed (%s); retrying in %.1fs", type(exc).__name__, delay_s)
                 await asyncio.sleep(delay_s)
