@@ -10,7 +10,7 @@ KAFKA := deploy/kafka/kafka.sh
 TEST_ENV := TOLLWAY_KAFKA_PORT=29092 TOLLWAY_KAFKA_CONTROLLER_PORT=29093 \
 	TOLLWAY_KAFKA_DIR=$(CURDIR)/.tollway/kafka-test TOLLWAY_KAFKA_BOOTSTRAP=127.0.0.1:29092
 
-.PHONY: setup chromium run test lint typecheck unit integration e2e chaos soak fuzz bench bench-compare kafka-start kafka-stop clean
+.PHONY: setup chromium run test lint typecheck audit unit integration e2e chaos soak fuzz bench bench-compare kafka-start kafka-stop clean
 
 setup: $(STAMP) chromium
 
@@ -38,6 +38,11 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy .
 
+# The pins of deploy/constraints.txt against the vendored OSV advisories (offline; it
+# prints the snapshot's age). Refresh: `python -m deploy.audit --refresh PATH` (0024).
+audit: setup
+	$(BIN)/python -m deploy.audit
+
 unit: setup
 	$(BIN)/pytest tests/unit -q
 
@@ -48,7 +53,7 @@ e2e: setup
 	$(TEST_ENV) $(BIN)/pytest tests/e2e -q
 
 # Fresh test broker, every tier in flow order, broker stopped afterwards whatever happened.
-test: setup lint typecheck
+test: setup lint typecheck audit
 	$(TEST_ENV) bash $(KAFKA) reset
 	$(TEST_ENV) bash $(KAFKA) start
 	status=0; \

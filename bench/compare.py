@@ -27,6 +27,10 @@ or < 90 % of the rate offered (bench/compare_stats.py). Scenarios:
              1,000 from 4 connections, bench/bulk_accept.py; the issue's bulk target)
   budget-lag Tollway: bench/budget_lag.py as a subprocess on this bench's Kafka (its
              bench/out/budget_lag.json); full runs only
+  breakdown  Tollway: the whole stack once more with trace span files; sync load at 10
+             and 100 req/s, each request split into its steps (ingress, Kafka hops,
+             router, provider call), plus the raw Kafka hop and a loopback round trip
+             (bench/latency_breakdown.py): the added-latency target's profile
 LiteLLM has no async acceptance endpoint and its batches API forwards to a provider's
 batch API: those rows say n/a.
 
@@ -39,7 +43,7 @@ TOLLWAY_BENCH_LITELLM_VENV (.tollway/bench-litellm). Loopback only; the run stop
 once if one of the HTTP ports is taken.
 
     python bench/compare.py [--quick] [--systems mock,tollway,tollway-core,litellm]
-        [--scenarios sync,stream,cost-lag,batch,async,budget-lag] [--batch-n 50000]
+        [--scenarios sync,stream,cost-lag,batch,async,budget-lag,breakdown] [--batch-n 50000]
 
 The bulk endpoint alone, on Kafka and one ingress only: `python bench/bulk_accept.py --start`.
 """
@@ -53,13 +57,14 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -67,11 +72,18 @@ sys.path[:0] = [str(REPO), str(BENCH)]
 
 import bulk_accept  # noqa: E402
 import httpx  # noqa: E402
+import latency_breakdown  # noqa: E402
 import litellm_proxy  # noqa: E402
 import openloop  # noqa: E402
 import proctree  # noqa: E402
 from compare_render import render  # noqa: E402
-from compare_stats import LoadStep, cpu_s_per_request, merge_loads, step_held  # noqa: E402
+from compare_stats import (  # noqa: E402
+    LoadStep,
+    batch_phases,
+    cpu_s_per_request,
+    merge_loads,
+    step_held,
+)
 
 
 def _env(name: str, default: str) -> str:
@@ -465,6 +477,57 @@ def ladders(label: str, chat: str, pids: dict[str, int], plan: Plan) -> dict[str
     return out
 
 
+BREAKDOWN_RATES: Final = (10.0, 100.0)
+"""Sync rates of the latency breakdown: nearly idle, and the issue's 100 req/s."""
+
+
+def run_breakdown(plan: Plan) -> dict[str, Any]:
+    """The added-latency profile (bench/latency_breakdown.py): the whole stack again with
+    span files, sync load at `BREAKDOWN_RATES`, each traced request split into its steps;
+    then the raw Kafka hop on the same broker and a loopback round trip."""
+    spans_dir = STATE / "compare-spans"
+    shutil.rmtree(spans_dir, ignore_errors=True)
+    spans_dir.mkdir(parents=True)
+    tracing = {
+        "TOLLWAY_OTEL_EXPORTER": f"jsonl:{spans_dir}/{{service}}-{{pid}}.jsonl",
+        "OTEL_BSP_SCHEDULE_DELAY": "500",
+    }
+    saved = {name: os.environ.get(name) for name in tracing}
+    os.environ.update(tracing)  # the stack passes its environment to every process
+    system = Tollway(plan)
+    out: dict[str, Any] = {"rates": {}}
+    try:
+        system.start()
+        chat = system.url + CHAT_PATH
+        warm(chat, "sync", MODEL, plan.settle_s / 3)
+        for rate in BREAKDOWN_RATES:
+            start_ns = time.time_ns() + int(plan.warmup_s * 1e9)
+            step = merge_loads(rate, openloop.run_load(
+                chat, mode="sync", model=MODEL, rate_rps=rate, duration_s=plan.step_s,
+                warmup_s=plan.warmup_s,
+            ))  # fmt: skip
+            window = (start_ns, time.time_ns())
+            time.sleep(1.5)  # span export runs every 0.5 s
+            requests = latency_breakdown.requests_from(latency_breakdown.read_spans(spans_dir))
+            out["rates"][str(int(rate))] = {
+                "client_latency": step.latency,
+                **latency_breakdown.summarize(requests, plan.mock_latency_ms, window),
+            }
+            print(f"  breakdown {rate:.0f}/s: {out['rates'][str(int(rate))]['requests']} "
+                  "traced requests", file=sys.stderr, flush=True)  # fmt: skip
+        bootstrap = f"127.0.0.1:{KAFKA_PORT}"
+        out["kafka_hop"] = asyncio.run(latency_breakdown.kafka_hop(bootstrap))
+    finally:
+        system.stop()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    out["loopback_rtt"] = latency_breakdown.loopback_rtt()
+    return out
+
+
 def run_tollway(plan: Plan, core: bool = False) -> dict[str, Any]:
     system = Tollway(plan, core)
     label = "tollway-core" if core else "tollway"
@@ -487,7 +550,12 @@ def run_tollway(plan: Plan, core: bool = False) -> dict[str, Any]:
             out["cost_lag"] = asyncio.run(cost_lag(system.url, plan.cost_lag_s))
             print(f"  tollway cost lag: {out['cost_lag']}", file=sys.stderr, flush=True)
         if "batch" in plan.scenarios:
+            before = cpu_snapshot(pids)
             out["batch"] = run_batch(system.url, plan.batch_n)
+            # The batch target's profile: which process spends the CPU, per line.
+            out["batch"]["cpu_s_per_line"] = cpu_s_per_request(
+                before, cpu_snapshot(pids), plan.batch_n
+            )
             print(f"  tollway batch: {out['batch']}", file=sys.stderr, flush=True)
         if "async" in plan.scenarios:
             # Last: accepted requests keep the router busy after each step; the stack stops next.
@@ -671,9 +739,13 @@ def run_batch(base_url: str, n: int) -> dict[str, Any]:
         enqueued_at: float | None = None
         deadline = time.monotonic() + max(300.0, n / 50)
         state: dict[str, Any] = created.json()
+        progress: list[tuple[float, int]] = []  # (s since upload start, lines completed)
         while time.monotonic() < deadline:
             state = client.get(f"/v1/batches/{batch_id}").json()
             now = time.monotonic()
+            counts_now = state.get("request_counts", {})
+            done_lines = int(counts_now.get("completed", 0)) + int(counts_now.get("failed", 0))
+            progress.append((now - t0, done_lines))
             if enqueued_at is None and state.get("tollway", {}).get("enqueued", 0) >= n:
                 enqueued_at = now
             if state["status"] in FINAL_BATCH:
@@ -692,6 +764,7 @@ def run_batch(base_url: str, n: int) -> dict[str, Any]:
         "end_to_end_s": round(done - t0, 2) if final else None,
         "end_to_end_rps": round(int(counts.get("completed", 0)) / (done - t0)) if final else None,
         "poll_interval_s": 0.25,
+        **batch_phases(progress, n),
     }
 
 
@@ -782,7 +855,9 @@ def main() -> None:
     parser.add_argument(
         "--systems", default="", help="default mock,tollway,tollway-core,litellm (quick: no core)"
     )
-    parser.add_argument("--scenarios", default="sync,stream,cost-lag,batch,async,budget-lag")
+    parser.add_argument(
+        "--scenarios", default="sync,stream,cost-lag,batch,async,budget-lag,breakdown"
+    )
     parser.add_argument("--step-s", type=float, default=0.0, help="measured seconds per step")
     parser.add_argument("--sync-rates", default="", help="sync ladder, e.g. 25,50,100")
     parser.add_argument("--batch-n", type=int, default=0, help="batch lines (50,000; quick 2,000)")
@@ -831,6 +906,9 @@ def main() -> None:
         if "tollway-core" in plan.systems and "sync" in plan.scenarios:
             print("tollway-core", file=sys.stderr, flush=True)
             report["systems"]["tollway-core"] = run_tollway(plan, core=True)
+        if "tollway" in plan.systems and "breakdown" in plan.scenarios:
+            print("tollway latency breakdown (traced)", file=sys.stderr, flush=True)
+            report["latency_breakdown"] = run_breakdown(plan)
         if "litellm" in plan.systems and venv is not None:
             print("litellm", file=sys.stderr, flush=True)
             report["systems"]["litellm"] = run_litellm(plan, venv)

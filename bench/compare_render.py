@@ -8,10 +8,12 @@ or not measured. Latency figures are milliseconds; CPU is seconds per request
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from compare_stats import Target, added_latency_ms, evaluate, ratio
+from latency_breakdown import STEPS
 
 NOT_PYTHON = ("kafka", "clickhouse")  # the JVM and the embedded ClickHouse: reported apart
 SYSTEMS = ("mock", "tollway", "tollway-core", "litellm")
@@ -307,6 +309,66 @@ def _profile_section(report: Mapping[str, Any]) -> list[str]:
     return [*out, ""]
 
 
+def _batch_cpu(cpu_s_per_line: Mapping[str, float] | None) -> list[str]:
+    """The batch target's profile: CPU per line by process over the whole batch, and the
+    rate those CPU costs allow on this machine's cores."""
+    if not cpu_s_per_line:
+        return []
+    ranked = sorted(cpu_s_per_line.items(), key=lambda kv: -kv[1])
+    total_ms = sum(cpu_s_per_line.values()) * 1000
+    cores = os.cpu_count() or 1
+    return [
+        "CPU per line over the whole batch (upload to completed; ms, the process tree): "
+        + ", ".join(f"{name} {value * 1000:.2f}" for name, value in ranked)
+        + f"; **total {total_ms:.2f} ms**, so {cores} cores allow at most "
+        f"{cores * 1000 / total_ms:,.0f} lines/s before the mock's and the poller's share.",
+        "",
+    ]
+
+
+def _breakdown_section(report: Mapping[str, Any]) -> list[str]:
+    """The added-latency profile: bench/latency_breakdown.py's steps per traced request."""
+    data = report.get("latency_breakdown")
+    if not data:
+        return []
+    out = [
+        "## Profile: where the added sync latency goes (traces)",
+        "",
+        "The whole stack once more, every process writing trace spans to files "
+        "(TOLLWAY_OTEL_EXPORTER=jsonl; tracing costs some CPU itself, so compare shares, not "
+        "sums, with the ladder above); open-loop sync load, each traced request split into "
+        "the steps of bench/latency_breakdown.py. ms, p50 / p95 / p99.",
+        "",
+    ]
+    rates = data.get("rates", {})
+    header = ["step", *(f"at {rate} req/s ({rates[rate].get('requests', 0)} requests)"
+                        for rate in rates)]  # fmt: skip
+    rows: list[list[object]] = []
+    for step in STEPS:
+        cells: list[object] = [step]
+        for rate in rates:
+            v = rates[rate].get("steps", {}).get(step)
+            cells.append(f"{v['p50_ms']} / {v['p95_ms']} / {v['p99_ms']}" if v else "n/a")
+        rows.append(cells)
+    client = [f"{r['client_latency']['p50_ms']:.1f} / {r['client_latency']['p95_ms']:.1f} / "
+              f"{r['client_latency']['p99_ms']:.1f}" for r in rates.values()]  # fmt: skip
+    rows.append(["client-measured latency, traced run (mock: 50 ms)", *client])
+    out += _table(header, rows)
+    hop, rtt = data.get("kafka_hop"), data.get("loopback_rtt")
+    if hop and rtt:
+        out += [
+            "",
+            f"Floors on the same machine and broker: a raw Kafka hop (aiokafka, one record, "
+            f"acks=all, idempotent, linger 0, at {hop['rate_rps']:.0f}/s) took "
+            f"{hop['ack']['p50_ms']:.2f} / {hop['ack']['p99_ms']:.2f} ms (p50 / p99) to its ack "
+            f"and {hop['hop']['p50_ms']:.2f} / {hop['hop']['p99_ms']:.2f} ms to a consumer; a "
+            f"64-byte loopback TCP round trip between two Python processes "
+            f"{rtt['p50_ms']:.3f} / {rtt['p99_ms']:.3f} ms. A sync request crosses Kafka twice "
+            "(request, reply), so two raw hops are the floor of Tollway's added latency here.",
+        ]
+    return [*out, ""]
+
+
 def _cpu_rss_section(report: Mapping[str, Any]) -> list[str]:
     out: list[str] = []
     rate = comparison_rate(report)
@@ -405,6 +467,7 @@ def render(report: Mapping[str, Any]) -> str:
             lines.append("")
     lines += ["## CPU and memory per process", "", *_cpu_rss_section(report)]
     lines += _profile_section(report)
+    lines += _breakdown_section(report)
     lines += ["## Async acceptance (Tollway; LiteLLM: n/a, it has no async endpoint)", ""]
     if tollway.get("async_single"):
         lines += ["Single requests, open loop, `POST /v1/async/chat/completions` -> 202:", ""]
@@ -449,6 +512,15 @@ def render(report: Mapping[str, Any]) -> str:
             f"**{_fmt(batch['end_to_end_rps'])} req/s end to end** (polled every 0.25 s).",
             "",
         ]
+        if batch.get("steady_lines_per_s"):
+            lines += [
+                f"Phases: first line finished after {batch['first_line_s']:.2f} s; "
+                f"**{_fmt(batch['steady_lines_per_s'])} lines/s** between 10 % and 90 % of the "
+                f"lines; all counted after {batch['all_lines_counted_s']:.2f} s, and the batch "
+                f"final {batch['final_after_last_line_s']} s later (output files).",
+                "",
+            ]
+        lines += _batch_cpu(batch.get("cpu_s_per_line"))
     lag = tollway.get("cost_lag")
     lines += ["## Cost lag and budget lag (Tollway; LiteLLM: n/a)", ""]
     if lag:

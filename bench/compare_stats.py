@@ -233,3 +233,23 @@ def evaluate(targets: Sequence[Target]) -> list[dict[str, Any]]:
         }
         for t in targets
     ]
+
+
+def batch_phases(progress: Sequence[tuple[float, int]], n: int) -> dict[str, float | None]:
+    """Where a batch's time goes, from its polled progress (s since the upload began,
+    lines finished): the first line finished, the steady rate between 10 % and 90 % of
+    the lines, and the tail from the last line counted to the batch's final poll."""
+
+    def first_at(lines: float) -> float | None:
+        return next((t for t, done in progress if done >= lines), None)
+
+    first, p10, p90, last = first_at(1), first_at(n * 0.1), first_at(n * 0.9), first_at(n)
+    steady = (
+        round(0.8 * n / (p90 - p10)) if p10 is not None and p90 is not None and p90 > p10 else None
+    )
+    return {
+        "first_line_s": first,
+        "steady_lines_per_s": steady,
+        "all_lines_counted_s": last,
+        "final_after_last_line_s": round(progress[-1][0] - last, 2) if last and progress else None,
+    }

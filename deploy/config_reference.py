@@ -149,8 +149,9 @@ DIRECT_DESCRIPTIONS: Final[dict[str, str]] = {
     "TOLLWAY_LOG_LEVEL": "Log level of every `tollway` command (DEBUG, INFO, WARNING, ...).",
     "TOLLWAY_STATE_DIR": "Local state of `tollway up` (logs, webhooks file, files, faust data).",
     "TOLLWAY_MOCK_URL": "The mock provider used by the built-in catalogue (no routes file).",
-    "TOLLWAY_PROVIDER_HTTP_CLIENT": "`aiohttp`, or `lean` for the opt-in raw-asyncio provider "
-    "client (docs/decisions/0012).",
+    "TOLLWAY_PROVIDER_HTTP_CLIENT": "`lean` (default: the raw-asyncio client for "
+    "non-streaming provider calls, aiohttp for streams) or `aiohttp` for every call "
+    "(docs/decisions/0012).",
     "TOLLWAY_URL": "`tollway batch ...`: the ingress to talk to (or --url).",
     "TOLLWAY_API_KEY": "`tollway batch ...`: sent as `Authorization: Bearer` when set.",
     "TOLLWAY_MOCK_FAST_HOST": "The benchmark's raw-asyncio mock (fast_server.py): interface.",

@@ -565,7 +565,12 @@ def test_the_image_sets_only_variables_the_code_reads() -> None:
 
 
 #: Deployment files that live beside the code but are not read by it at run time.
-NOT_PACKAGE_DATA: Final = ("deploy/docker", "deploy/k8s", "deploy/constraints.txt")
+NOT_PACKAGE_DATA: Final = (
+    "deploy/docker",
+    "deploy/k8s",
+    "deploy/constraints.txt",
+    "deploy/osv-advisories.json",  # the dependency audit's advisories, read beside the lock (0024)
+)
 
 
 def test_package_data_ships_every_non_python_file() -> None:

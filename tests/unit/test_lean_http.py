@@ -4,16 +4,20 @@ connection protocol fed by hand. Real sockets: tests/integration/test_lean_http_
 from __future__ import annotations
 
 import asyncio
+import gzip
+import zlib
 from collections import deque
 
 import pytest
+from multidict import CIMultiDict
 
-from workers.providers.http import TransportFailure
+from workers.providers.http import HttpResponse, TransportFailure
 from workers.providers.lean_http import (
     IDLE_REUSE_S,
     LeanHttpClient,
     Target,
     _Connection,
+    decoded,
     parse_target,
     request_head,
 )
@@ -183,3 +187,36 @@ async def test_stale_idle_connections_are_not_reused() -> None:
     client._idle[("http", "127.0.0.1", 9)] = deque([connection])
     assert client._pooled(target) is None
     await client.aclose()
+
+
+def _answer(content: bytes, coding: str | None) -> HttpResponse:
+    headers: CIMultiDict[str] = CIMultiDict({"Content-Encoding": coding} if coding else {})
+    return HttpResponse(200, headers, content)
+
+
+def test_decoded_bodies() -> None:
+    body = b'{"id": "chatcmpl-1"}' * 20
+    raw_deflate = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    raw = raw_deflate.compress(body) + raw_deflate.flush()
+    for content, coding in [
+        (body, None),
+        (body, "identity"),
+        (gzip.compress(body), "gzip"),
+        (gzip.compress(body), "X-Gzip"),
+        (zlib.compress(body), "deflate"),
+        (raw, "deflate"),
+    ]:
+        assert decoded(_answer(content, coding)).content == body
+
+
+@pytest.mark.parametrize(
+    ("content", "coding", "message"),
+    [(b"\x1b\x00", "br", "unsupported Content-Encoding 'br'"),
+     (b"not gzip", "gzip", "does not decode")],
+)  # fmt: skip
+def test_undecodable_bodies_are_transport_failures(
+    content: bytes, coding: str, message: str
+) -> None:
+    with pytest.raises(TransportFailure, match=message) as info:
+        decoded(_answer(content, coding))
+    assert info.value.kind == "other"

@@ -6,17 +6,20 @@ handling, payload writers) costs ~0.31-0.43 ms of CPU per call here; this
 client writes one preformatted request and parses the answer with httptools
 (the parser uvicorn uses) for ~0.06-0.1 ms. It implements `HttpClient.post`
 (every non-streaming provider call); `stream_post` is delegated to aiohttp.
-Selected with TOLLWAY_PROVIDER_HTTP_CLIENT=lean (`transport.build_client`);
-aiohttp stays the default until it has run in production.
+The default client (`transport.build_client`); TOLLWAY_PROVIDER_HTTP_CLIENT=aiohttp
+goes back to aiohttp for every call (docs/decisions/0012).
 
 Behaviour, as `AiohttpClient` (workers/providers/http.py):
 - keep-alive connections pooled per origin (scheme, host, port), at most
   `max_connections` requests in flight per client; idle connections are not
   reused after `IDLE_REUSE_S` (servers close idle connections after 60 s or
   more) and a POST is never retried, so no provider call is sent twice;
-- https through the default SSL context (certificates verified); no proxies
-  from the environment, no cookies, redirects never followed;
-- no Accept-Encoding is sent, so answers come uncompressed;
+- https through the default SSL context (certificates and host names verified;
+  SSL_CERT_FILE / SSL_CERT_DIR apply, as for OpenSSL), or the context given; no
+  proxies from the environment, no cookies, redirects never followed;
+- no Accept-Encoding is sent, so answers should come uncompressed; one that comes
+  with `Content-Encoding: gzip` or `deflate` anyway is decoded (as aiohttp does), any
+  other coding is a failure ("other");
 - failures raise only `TransportFailure`: "connect" (nothing was sent),
   "timeout" (connect or total `timeout_s` elapsed), "other" (closed or
   malformed answer).
@@ -29,6 +32,7 @@ import asyncio
 import contextlib
 import ssl
 import time
+import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -180,15 +184,48 @@ class _Connection(asyncio.Protocol):
             self.transport = None
 
 
-class LeanHttpClient:
-    """`HttpClient` with a lean non-streaming `post`; `stream_post` goes through aiohttp."""
+def decoded(response: HttpResponse) -> HttpResponse:
+    """The response with its body decoded from `Content-Encoding` gzip or deflate (zlib
+    or raw deflate, as servers send both); `identity` or none as it is.
 
-    def __init__(self, *, max_connections: int, connect_timeout_s: float) -> None:
+    Raises TransportFailure("other") for any other coding: the request asked for none.
+    """
+    coding = response.headers.get("content-encoding", "identity").strip().lower()
+    if coding in {"", "identity"}:
+        return response
+    try:
+        if coding in {"gzip", "x-gzip"}:
+            content = zlib.decompress(response.content, wbits=16 + zlib.MAX_WBITS)
+        elif coding == "deflate":
+            try:
+                content = zlib.decompress(response.content)
+            except zlib.error:
+                content = zlib.decompress(response.content, wbits=-zlib.MAX_WBITS)
+        else:
+            raise TransportFailure("other", f"unsupported Content-Encoding {coding!r}")
+    except zlib.error as exc:
+        raise TransportFailure("other", f"a {coding} body that does not decode") from exc
+    return HttpResponse(response.status_code, response.headers, content)
+
+
+class LeanHttpClient:
+    """`HttpClient` with a lean non-streaming `post`; `stream_post` goes through aiohttp.
+
+    `ssl_context`: for https targets; None = `ssl.create_default_context()` (made on the
+    first https call)."""
+
+    def __init__(
+        self,
+        *,
+        max_connections: int,
+        connect_timeout_s: float,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self._connect_timeout_s = connect_timeout_s
         self._slots = asyncio.Semaphore(max_connections)
         self._idle: dict[tuple[str, str, int], deque[_Connection]] = {}
         self._targets: dict[tuple[str, tuple[tuple[str, str], ...]], Target] = {}
-        self._ssl: ssl.SSLContext | None = None
+        self._ssl: ssl.SSLContext | None = ssl_context
         self._streams = AiohttpClient(
             max_connections=max_connections, connect_timeout_s=connect_timeout_s
         )
@@ -263,7 +300,7 @@ class LeanHttpClient:
                 self._idle.setdefault(key, deque()).append(connection)
             else:
                 connection.close()
-            return response
+            return decoded(response)
 
     @contextlib.asynccontextmanager
     async def stream_post(

@@ -1,8 +1,8 @@
 """The HTTP edge every provider adapter shares: one pooled client, one error mapping.
 
-Transport: `http.py` (aiohttp in production, httpx with a MockTransport in tests;
-the measurements behind that choice are in its docstring), or `lean_http.py` with
-TOLLWAY_PROVIDER_HTTP_CLIENT=lean.
+Transport: `lean_http.py` for non-streaming calls (the default) and `http.py`'s aiohttp
+for streams, or aiohttp for everything with TOLLWAY_PROVIDER_HTTP_CLIENT=aiohttp
+(docs/decisions/0012); httpx with a MockTransport in tests.
 
 Where vendor failures become `ProviderError`s (each adapter only extracts its
 vendor's error code, then calls `error_for_status`):
@@ -61,8 +61,9 @@ token_count = _token_count
 
 
 CLIENT_ENV: Final = "TOLLWAY_PROVIDER_HTTP_CLIENT"
-"""`aiohttp` (default) or `lean` (workers/providers/lean_http.py: ~0.25 ms less router
-CPU per non-streaming provider call)."""
+"""`lean` (default: workers/providers/lean_http.py, ~0.25 ms less router CPU per
+non-streaming provider call than aiohttp; streams go through aiohttp either way) or
+`aiohttp` for every call (docs/decisions/0012)."""
 
 
 def build_client(
@@ -71,16 +72,17 @@ def build_client(
     transport: httpx.AsyncBaseTransport | None = None,
     kind: str | None = None,
 ) -> HttpClient:
-    """One pooled client for a process: aiohttp or the lean client (`kind`, else the
-    environment's TOLLWAY_PROVIDER_HTTP_CLIENT), or httpx over `transport` in tests."""
+    """One pooled client for a process: the lean client or aiohttp (`kind`, else the
+    environment's TOLLWAY_PROVIDER_HTTP_CLIENT, default lean), or httpx over `transport`
+    in tests."""
     if transport is None:
-        kind = kind or os.environ.get(CLIENT_ENV, "aiohttp")
+        kind = kind or os.environ.get(CLIENT_ENV, "lean")
         if kind == "lean":
             return LeanHttpClient(
                 max_connections=max_connections, connect_timeout_s=CONNECT_TIMEOUT_S
             )
         if kind != "aiohttp":
-            raise ValueError(f"{CLIENT_ENV} must be aiohttp or lean, not {kind!r}")
+            raise ValueError(f"{CLIENT_ENV} must be lean or aiohttp, not {kind!r}")
         return AiohttpClient(max_connections=max_connections, connect_timeout_s=CONNECT_TIMEOUT_S)
     return HttpxClient(
         httpx.AsyncClient(
