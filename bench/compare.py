@@ -793,6 +793,29 @@ def run_litellm(plan: Plan, venv: Path) -> dict[str, Any]:
     return out
 
 
+def run_bulk_alone(n: int) -> dict[str, Any]:
+    """The bulk endpoint's acceptance on Kafka and one ingress only (bench/bulk_accept.py
+    --start, a subprocess on this bench's broker): what the ingress accepts per second
+    when no router executes the requests on the same two cores (in production they run
+    on other machines). The in-stack figure above is reported beside it."""
+    out_file = BENCH / "out" / "bulk_accept.json"
+    started = time.time()
+    try:
+        done = subprocess.run(
+            [sys.executable, str(BENCH / "bulk_accept.py"), "--start", "--n", str(n),
+             "--out-json", str(out_file)],
+            capture_output=True, text=True, timeout=300, cwd=REPO, check=False,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return {"status": "not run: bench/bulk_accept.py took more than 300 s"}
+    if done.returncode != 0 or not out_file.exists() or out_file.stat().st_mtime < started:
+        return {
+            "status": f"bench/bulk_accept.py failed (exit {done.returncode})",
+            "stderr_tail": done.stderr[-1500:],
+        }
+    return {"status": "ok", **json.loads(out_file.read_text())}
+
+
 def run_budget_lag() -> dict[str, Any]:
     """bench/budget_lag.py (budget enforcement's own bench) as a subprocess on this bench's
     Kafka (started for it, stopped after); its figures from bench/out/budget_lag.json."""
@@ -924,6 +947,9 @@ def main() -> None:
             report["systems"]["litellm"] = run_litellm(plan, venv)
     finally:
         mocks.stop()
+    if "tollway" in plan.systems and "async" in plan.scenarios:
+        print("bulk acceptance alone (bench/bulk_accept.py --start)", file=sys.stderr, flush=True)
+        report["bulk_alone"] = run_bulk_alone(plan.bulk_api_n)
     if "tollway" in plan.systems and "budget-lag" in plan.scenarios and not plan.quick:
         print("budget lag (bench/budget_lag.py)", file=sys.stderr, flush=True)
         report["budget_lag"] = run_budget_lag()

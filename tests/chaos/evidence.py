@@ -9,6 +9,7 @@ that is invariants.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -21,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from analytics.connection import connect
 from schemas import codec, topics
+from schemas.errors import DeadLetter
 from schemas.records import Attempt, BudgetState, Result, UsageRecord
 from schemas.topics import Topic
 from tests.chaos.invariants import FINAL, BatchOutcome, TableCounts
@@ -85,6 +87,17 @@ async def results_since(bootstrap: str, starts: Offsets) -> list[Result]:
 async def attempts_since(bootstrap: str, starts: Offsets | None) -> list[Attempt]:
     raw = await read_range(bootstrap, topics.ATTEMPTS, starts)
     return [codec.decode("attempt", v) for v in raw]
+
+
+async def republished_requests(bootstrap: str, starts: Offsets) -> set[str]:
+    """Request ids published more than once on the request topics since `starts` (a batch
+    worker re-expanding lines after its restart, docs/decisions/0006)."""
+    seen: Counter[str] = Counter()
+    for topic in (topics.REQUESTS_INTERACTIVE, topics.REQUESTS_BATCH):
+        for value in await read_range(bootstrap, topic, starts):
+            with contextlib.suppress(DeadLetter):
+                seen[codec.decode("request", value)["request_id"]] += 1
+    return {request_id for request_id, n in seen.items() if n > 1}
 
 
 async def all_usage(bootstrap: str) -> list[UsageRecord]:

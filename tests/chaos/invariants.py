@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from schemas.records import Attempt, Result
 
 FINAL = frozenset({"succeeded", "failed"})
+WEBHOOK_MISMATCH = "webhook: status differs from the final state"
 EXAMPLES = 5
 
 
@@ -321,6 +322,6 @@ def _judge_webhooks(ev: Evidence, v: Verdict) -> None:
           if any(d.webhook_id != want for d in by_subject.get(s, ()))])  # fmt: skip
     _add(v.inconsistent, "webhook: signature did not verify",
          sorted({d.subject_id for d in ev.webhooks if not d.verified}))  # fmt: skip
-    _add(v.inconsistent, "webhook: status differs from the final state",
+    _add(v.inconsistent, WEBHOOK_MISMATCH,
          [i for i in dict.fromkeys(ev.accepted) if ev.polled.get(i) in FINAL
           and any(d.status != ev.polled[i] for d in by_subject.get(i, ()))])  # fmt: skip

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
-from tests.chaos.invariants import Verdict
+from tests.chaos.invariants import WEBHOOK_MISMATCH, Verdict
 from tests.chaos.plan import ChaosForm, Fault
 
 START = "<!-- chaos-results:start -->"
@@ -32,6 +32,10 @@ class RunFacts:
     processes: Mapping[int, str]
     """pid -> `<component>#<start>` (router ids carry the pid)."""
     timings_s: Mapping[str, float]
+    duplicate_causes: Sequence[str] = ()
+    """One line per cause of duplicate calls (tests/chaos/duplicates.py)."""
+    duplicate_inherent_calls: int | None = None
+    """Duplicate calls at-least-once allows: the result published, its commit lost."""
 
 
 def usd(nano: int | None) -> str:
@@ -82,6 +86,10 @@ def summary(facts: RunFacts, v: Verdict) -> str:
             )
             or "none"
         ),
+        "duplicate calls by cause (tests/chaos/duplicates.py):"
+        + ("\n" + "\n".join(facts.duplicate_causes) if facts.duplicate_causes else " none"),
+        f"webhooks whose status differs from the request's final state: "
+        f"{len(v.inconsistent.get(WEBHOOK_MISMATCH, []))}",
         f"priced usage {usd(v.billed_nano_usd)} = catalogue price of the calls "
         f"{usd(v.expected_nano_usd)}; budget team:default:24h {usd(v.budget_spent_nano_usd)} "
         f"vs unique usage {usd(v.budget_expected_nano_usd)}; usage records re-priced on the "
@@ -121,6 +129,15 @@ def write_reliability(facts: RunFacts, v: Verdict, path: Path = RELIABILITY_MD) 
             f"| losses | {v.lost} |",
             f"| double-billed | {v.double_billed_count} |",
             f"| duplicate provider calls | {v.duplicate_calls} ({100 * v.duplicate_rate:.3f} %) |",
+            *(
+                [
+                    f"| of them published, commit lost (at-least-once) | "
+                    f"{facts.duplicate_inherent_calls} |"
+                ]
+                if facts.duplicate_inherent_calls is not None
+                else []
+            ),
+            f"| webhook status mismatches | {len(v.inconsistent.get(WEBHOOK_MISMATCH, []))} |",
             "",
             "```text",
             summary(facts, v),

@@ -32,6 +32,7 @@ import pytest
 from schemas import topics
 from schemas.records import Attempt
 from tests.chaos import evidence
+from tests.chaos.duplicates import Mark, breakdown
 from tests.chaos.faults import FaultRunner
 from tests.chaos.invariants import (
     BatchOutcome,
@@ -43,7 +44,7 @@ from tests.chaos.invariants import (
 )
 from tests.chaos.load import AsyncLoad, BatchLoad
 from tests.chaos.plan import FORMS, ChaosForm, Fault, build_plan
-from tests.chaos.report import RunFacts, summary, write_reliability
+from tests.chaos.report import RunFacts, process_of, summary, write_reliability
 from tests.chaos.stack import ChaosStack
 from workers.callbacks.events import message_id
 from workers.cost.catalogue import Catalogue, load_catalogue
@@ -190,7 +191,10 @@ async def test_nothing_accepted_is_lost_and_nothing_is_billed_twice_under_chaos(
     t0 = time.monotonic()
     try:
         await chaos.start()
-        starts = await evidence.snapshot(kafka_bootstrap, [topics.RESULTS, topics.ATTEMPTS])
+        starts = await evidence.snapshot(
+            kafka_bootstrap,
+            [topics.RESULTS, topics.ATTEMPTS, topics.REQUESTS_INTERACTIVE, topics.REQUESTS_BATCH],
+        )
         await reset_mock_stats(chaos)
         run = Run(
             chaos=chaos,
@@ -202,7 +206,18 @@ async def test_nothing_accepted_is_lost_and_nothing_is_billed_twice_under_chaos(
             faults=FaultRunner(chaos.stack, chaos.receiver),
         )
         polled, batches = await exercise(run, plan, seed)
-        verdict = judge(await gather_evidence(run, polled, batches))
+        gathered = await gather_evidence(run, polled, batches)
+        verdict = judge(gathered)
+        load_start_ms = time.time_ns() // 1_000_000 - int(
+            (time.monotonic() - run.faults.started) * 1000
+        )
+        causes = breakdown(
+            gathered.results,
+            gathered.run_attempts,
+            lambda router_id: process_of(router_id, run.faults.processes),
+            [Mark(load_start_ms + int(e.at_s * 1000), e.what) for e in run.faults.events],
+            frozenset(await evidence.republished_requests(kafka_bootstrap, run.starts)),
+        )
         chaos.timings_s["total_before_stop"] = round(time.monotonic() - t0, 1)
         facts = RunFacts(
             form=form,
@@ -214,6 +229,8 @@ async def test_nothing_accepted_is_lost_and_nothing_is_billed_twice_under_chaos(
             processes=run.faults.processes,
             unplanned_exits=[f"{u.name} at t+{u.at_s:.0f}s" for u in run.faults.unplanned],
             timings_s=chaos.timings_s,
+            duplicate_causes=tuple(causes.lines()),
+            duplicate_inherent_calls=causes.inherent_calls,
         )
         print("\n" + summary(facts, verdict), flush=True)
         for event in run.faults.events:

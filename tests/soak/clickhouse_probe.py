@@ -4,9 +4,12 @@ The `clickhouse` process is Python (the HTTP front, analytics/chserver.py) aroun
 chdb engine; its RSS alone cannot say whether growth is the engine's caches and parts
 (bounded by ClickHouse's own limits) or the front. Every tick this asks the server for
 its tracked memory (`system.metrics` MemoryTracking; chdb has no
-`system.asynchronous_metrics`), and the active parts of the `tollway` tables with their
-primary keys' memory (`system.parts`). A failing query is recorded, never fatal: this is
-evidence for a diagnosis, not a check.
+`system.asynchronous_metrics`), the active parts of the `tollway` tables with their
+primary keys' memory (`system.parts`), and what chdb's own jemalloc holds
+(`system.jemalloc_stats`: allocated, active and resident bytes, thread caches): most of
+the engine's resident memory is jemalloc's and most of that is not in MemoryTracking
+(docs/decisions/0025-embedded-clickhouse-memory.md). A failing query is recorded, never
+fatal: this is evidence for a diagnosis, not a check.
 """
 
 from __future__ import annotations
@@ -28,6 +31,20 @@ QUERIES = {
     "UNION ALL SELECT 'primary_keys_in_memory', toFloat64(sum(primary_key_bytes_in_memory)) "
     "FROM system.parts WHERE active",
 }
+JEMALLOC_PATTERNS = {
+    "je_allocated": r"Allocated: (\d+)",
+    "je_active": r"active: (\d+)",
+    "je_resident": r"resident: (\d+)",
+    "je_tcache": r"tcache_bytes:\s+(\d+)",
+}
+"""Figures read from jemalloc's text report (the first match: the summary line, then the
+merged arenas' thread-cache bytes), by ClickHouse's `extract` (RE2, backslashes doubled
+in the SQL literal)."""
+QUERIES["jemalloc"] = " UNION ALL ".join(
+    f"SELECT '{name}', toFloat64OrZero(extract(stats, '{pattern.replace(chr(92), chr(92) * 2)}'))"
+    " FROM system.jemalloc_stats"
+    for name, pattern in JEMALLOC_PATTERNS.items()
+)
 
 COUNTS = frozenset({"active_parts", "Merge", "Query"})
 """Metrics that count things; every other one is bytes."""

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from workers.router.offsets import (
     METADATA_MAX_CHARS,
+    REMEMBERED_MAX,
     OffsetTracker,
     PartitionOffsets,
     decode_finished,
@@ -257,3 +258,46 @@ def test_a_new_owner_skips_exactly_what_the_old_one_finished_above_its_commit() 
     position, metadata = old.to_commit()[TP]
     assert position == 11
     assert decode_finished(position, metadata) == {12, 13, 15}
+
+
+def test_finished_uncommitted_is_what_no_successful_commit_covers() -> None:
+    # Around a broker restart: results published, commits refused, then a rebalance.
+    tracker: OffsetTracker[tuple[str, int]] = OffsetTracker()
+    for offset in range(100, 110):
+        tracker.start(TP, offset)
+    for offset in (100, 101, 102):
+        tracker.finish(TP, offset)
+    tracker.mark_committed(tracker.to_commit())  # (103, "") succeeded
+    for offset in (103, 104, 106, 108):
+        tracker.finish(TP, offset)  # the commits of these fail
+    assert tracker.finished_uncommitted(TP) == {103, 104, 106, 108}
+    assert tracker.finished_uncommitted(TP2) == set()
+
+
+def test_finished_uncommitted_without_any_commit_starts_at_the_first_record() -> None:
+    tracker: OffsetTracker[tuple[str, int]] = OffsetTracker()
+    for offset in (40, 41, 45):
+        tracker.start(TP, offset)
+    tracker.finish(TP, 40)
+    tracker.finish(TP, 45)
+    assert tracker.finished_uncommitted(TP) == {40, 45}
+
+
+def test_finished_uncommitted_leaves_out_what_the_commit_metadata_lists() -> None:
+    tracker: OffsetTracker[tuple[str, int]] = OffsetTracker()
+    for offset in range(4):
+        tracker.start(TP, offset)
+    tracker.finish(TP, 2)
+    tracker.mark_committed(tracker.to_commit())  # (0, "tw1:2")
+    tracker.finish(TP, 3)
+    assert tracker.finished_uncommitted(TP) == {3}
+
+
+def test_finished_from_is_bounded() -> None:
+    part = PartitionOffsets()
+    for offset in range(REMEMBERED_MAX + 10):
+        part.start(offset)
+        part.finish(offset)
+    kept = part.finished_from(None)
+    assert len(kept) == REMEMBERED_MAX
+    assert min(kept) == 10

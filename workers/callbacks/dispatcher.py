@@ -15,6 +15,16 @@ acknowledged by Kafka; a restart may send a message again with the same
 `webhook-id`, which receivers use to drop duplicates (Standard Webhooks). Retry
 records are committed as a finished prefix, so after a restart the retries that
 were waiting are read again and re-scheduled, not lost.
+
+One webhook per request, for its first result (docs/decisions/0003): a re-executed
+request has a second result, possibly with another status, and it gets no webhook.
+A process knows which requests it has seen a result of (`_answered`); a process that
+takes a tollway.results partition over (a restart, a rebalance) first reads back the
+keys of that partition's results of the last `readback_window_s` below its start
+position (`_read_back`, in its own task after the assignment, never inside the
+rebalance callback), and the partition's deliveries wait for it, at most
+`readback_timeout_s`: otherwise a second result read after a restart got its webhook
+too, under the same webhook-id with another status (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -25,7 +35,6 @@ import logging
 import random
 import signal
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Final
 
@@ -46,12 +55,26 @@ from workers.callbacks.retry import next_due_ms
 from workers.callbacks.settings import CallbacksSettings, load_webhooks
 from workers.callbacks.ssrf import parse_networks
 from workers.producer_renewal import RenewableProducer
+from workers.recent_keys import RecentKeys
 from workers.router.offsets import OffsetTracker
 from workers.telemetry.metrics import dead_letter_metrics, start_metrics, webhook_metrics
 
 log = logging.getLogger("tollway.callbacks")
 
 _RECENT_MAX: Final = 100_000
+RECENT_MAX_AGE_S: Final = 900.0
+"""How long this process remembers a request's first result and a handled event: past
+`READBACK_WINDOW_S` (a re-execution's result follows the first within a minute in the
+chaos runs), short enough that the sets stop growing within a soak's first quarter
+hour (`workers/recent_keys.py`; ~2 MB each at 8 webhooks/s)."""
+READBACK_WINDOW_S: Final = 300.0
+"""How far back (record time) a dispatcher taking a results partition over reads the
+keys of results already handled. A re-execution's result follows the first one by
+the time a router needs to notice the loss of another (session timeout, drain, run):
+seconds to a minute in the chaos runs."""
+READBACK_TIMEOUT_S: Final = 20.0
+"""Longest the deliveries of taken-over results partitions wait for the read-back; past
+it they go on with what was read (a second webhook becomes possible again)."""
 _BACKOFF_MAX_S: Final = 5.0
 _ENABLE_LEAD_MS: Final = 2_000
 
@@ -71,13 +94,75 @@ async def _behind(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -
 Handler = Callable[[ConsumerRecord[bytes, bytes]], Awaitable[None]]
 
 
+class KnownResults:
+    """Per tollway.results partition, the offset below which this process knows every
+    request that had a result (`Dispatcher._answered`): from a read-back at a takeover,
+    then from each result handled in order. A result waits (`wait`) until its partition is
+    known up to it; released early by a rebalance (`release`), at the latest after
+    `timeout_s`. Offsets of a results partition are contiguous (idempotent producers, no
+    transactions), so the results handled one after another keep it known."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._up_to: dict[int, int] = {}
+        self._events: dict[int, asyncio.Event] = {}
+        self._epoch = 0
+
+    def up_to(self, partition: int) -> int:
+        """-1 when nothing is known."""
+        return self._up_to.get(partition, -1)
+
+    def below(self, partition: int, offset: int) -> bool:
+        """Whether the requests of every result below `offset` are known."""
+        return self.up_to(partition) >= offset
+
+    def advance(self, partition: int, up_to: int) -> None:
+        if up_to > self.up_to(partition):
+            self._up_to[partition] = up_to
+            event = self._events.pop(partition, None)
+            if event is not None:
+                event.set()
+
+    async def wait(self, partition: int, offset: int) -> None:
+        epoch = self._epoch
+        deadline = time.monotonic() + self.timeout_s
+        while not self.below(partition, offset) and self._epoch == epoch:
+            left_s = deadline - time.monotonic()
+            if left_s <= 0:
+                log.warning("results/%d@%d: earlier results not known in time", partition, offset)
+                return
+            event = self._events.setdefault(partition, asyncio.Event())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), left_s)
+
+    def release(self) -> None:
+        """A rebalance: whatever waits goes on (its partition may be another's now)."""
+        self._epoch += 1
+        for event in self._events.values():
+            event.set()
+        self._events.clear()
+
+
+AssignedHook = Callable[[dict[TopicPartition, int]], None]
+"""Told each assigned partition's start position; must not block (rebalance callback)."""
+
+
 class _Lane:
     """One consumer group member with its own finished-prefix offset tracking."""
 
-    def __init__(self, consumer: AIOKafkaConsumer, handler: Handler, max_tasks: int) -> None:
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        handler: Handler,
+        max_tasks: int,
+        on_assigned: AssignedHook | None = None,
+        on_revoked: Callable[[], None] | None = None,
+    ) -> None:
         self.consumer = consumer
         self.handler = handler
         self.max_tasks = max_tasks
+        self.on_assigned = on_assigned
+        self.on_revoked = on_revoked
         self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
         self.tasks: set[asyncio.Task[None]] = set()
         self.assigned = asyncio.Event()
@@ -123,6 +208,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         self._lane = lane
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        if self._lane.on_revoked is not None:
+            self._lane.on_revoked()
         await self._lane.commit()
         for tp in revoked:
             self._lane.tracker.drop(tp)
@@ -137,10 +224,13 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         # group, never per restart.
         consumer = self._lane.consumer
         unpinned: dict[TopicPartition, int] = {}
+        positions: dict[TopicPartition, int] = {}
         for tp in assigned:
-            position = await consumer.position(tp)
+            position = positions[tp] = await consumer.position(tp)
             if await consumer.committed(tp) is None:
                 unpinned[tp] = position
+        if self._lane.on_assigned is not None:
+            self._lane.on_assigned(positions)
         if unpinned:
             try:
                 await consumer.commit(unpinned)
@@ -160,6 +250,8 @@ class Dispatcher:
         clock_ms: Callable[[], int] = wall_ms,
         draw: Callable[[], float] = random.random,
         client_id: str = "tollway-callbacks",
+        readback_window_s: float = READBACK_WINDOW_S,
+        readback_timeout_s: float = READBACK_TIMEOUT_S,
     ) -> None:
         self.kafka = kafka
         self.settings = settings
@@ -175,12 +267,16 @@ class Dispatcher:
             timeout_s=settings.timeout_s,
         )
         self.disabled: dict[str, bool] = {}
-        self._recent: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._recent: RecentKeys[tuple[str, str]] = RecentKeys(RECENT_MAX_AGE_S, _RECENT_MAX)
         # Requests whose first result this process read: a later result of the same request
         # (a re-execution) gets no webhook; the first result is the request's state (0003).
-        # Not kept across restarts: a re-execution's result read by a new process after the
-        # first one was committed still sends a second webhook (docs/reliability.md).
-        self._answered: OrderedDict[bytes, None] = OrderedDict()
+        # Filled at a takeover by reading back the partition's recent results (`_read_back`).
+        self._answered: RecentKeys[bytes] = RecentKeys(RECENT_MAX_AGE_S, _RECENT_MAX)
+        self.readback_window_s = readback_window_s
+        self.readback_timeout_s = readback_timeout_s
+        self.known = KnownResults(readback_timeout_s)
+        self._readback_tasks: set[asyncio.Task[None]] = set()
+        self._client_id = client_id
         self._slots = asyncio.Semaphore(settings.max_in_flight)
         self._stopping = asyncio.Event()
         common = {"bootstrap_servers": kafka.bootstrap, "client_id": client_id}
@@ -199,6 +295,8 @@ class Dispatcher:
             ),
             self._on_event,
             settings.max_in_flight,
+            on_assigned=self._results_assigned,
+            on_revoked=self._results_revoked,
         )
         self.retries = _Lane(
             AIOKafkaConsumer(
@@ -252,6 +350,7 @@ class Dispatcher:
         finally:
             for task in tasks:
                 task.cancel()
+            self._results_revoked()
             for lane in (self.events, self.retries):
                 pending = {t for t in lane.tasks if not t.done()}
                 for task in pending:
@@ -302,10 +401,94 @@ class Dispatcher:
         """True for the first result of a request seen here; it is remembered."""
         if request_key in self._answered:
             return False
-        self._answered[request_key] = None
-        if len(self._answered) > _RECENT_MAX:
-            self._answered.popitem(last=False)
+        self._remember_answered(request_key)
         return True
+
+    def _remember_answered(self, request_key: bytes) -> None:
+        self._answered.add(request_key, time.monotonic())
+
+    def _results_assigned(self, positions: dict[TopicPartition, int]) -> None:
+        """Start reading back the recent results of every results partition whose requests
+        this process does not know up to its start position; their deliveries wait."""
+        unknown = {
+            tp.partition: position
+            for tp, position in positions.items()
+            if tp.topic == topics.RESULTS.name and self.known.up_to(tp.partition) < position
+        }
+        if not unknown:
+            return
+        task = asyncio.create_task(self._read_back(unknown))
+        self._readback_tasks.add(task)
+        task.add_done_callback(self._readback_tasks.discard)
+
+    def _results_revoked(self) -> None:
+        """A rebalance (every partition is revoked): stop reading back; what waited goes on
+        (its partition is another member's now, or read back again at the assignment)."""
+        for task in list(self._readback_tasks):
+            task.cancel()
+        self.known.release()
+
+    async def _read_back(self, starts: dict[int, int]) -> None:
+        """Remember the request ids of the results below each partition's start position
+        written in the last `readback_window_s`: their first result was handled (the
+        position is committed), a later one gets no webhook. Bounded by
+        `readback_timeout_s`; on a timeout or a broker error the deliveries go on with what
+        was read (at-least-once as before, a second webhook possible again)."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.kafka.bootstrap,
+            client_id=f"{self._client_id}-readback",
+            group_id=None,
+            enable_auto_commit=False,
+        )
+        ends = {TopicPartition(topics.RESULTS.name, p): end for p, end in starts.items()}
+        read = 0
+        t0 = time.monotonic()
+        try:
+            async with asyncio.timeout(self.readback_timeout_s):
+                await consumer.start()
+                consumer.assign(list(ends))
+                since_ms = self.clock_ms() - int(self.readback_window_s * 1000)
+                found = await consumer.offsets_for_times(dict.fromkeys(ends, since_ms))
+                for tp in list(ends):
+                    first = found.get(tp)
+                    if first is None or first.offset >= ends[tp]:
+                        self.known.advance(tp.partition, ends.pop(tp))
+                    else:
+                        consumer.seek(tp, first.offset)
+                while ends:
+                    batch = await consumer.getmany(*ends, timeout_ms=200, max_records=5_000)
+                    for tp, records in batch.items():
+                        read += self._remember_keys(records, ends.get(tp, -1))
+                    for tp in list(ends):
+                        if await consumer.position(tp) >= ends[tp]:
+                            self.known.advance(tp.partition, ends.pop(tp))
+        except (TimeoutError, KafkaError) as exc:
+            log.warning(
+                "read-back of recent results stopped (%s): %d partition(s) incomplete; a "
+                "re-executed request of theirs may get a second webhook",
+                type(exc).__name__,
+                len(ends),
+            )
+            for tp, end in ends.items():
+                self.known.advance(tp.partition, end)  # not again at every rebalance
+        finally:
+            with contextlib.suppress(KafkaError):
+                await consumer.stop()
+        log.info(
+            "read back %d recent results of %d partition(s) in %.1f s",
+            read,
+            len(starts),
+            time.monotonic() - t0,
+        )
+
+    def _remember_keys(self, records: list[ConsumerRecord[bytes, bytes]], end: int) -> int:
+        """Remember the async requests (ingress ids) of `records` below `end`."""
+        remembered = 0
+        for record in records:
+            if record.offset < end and record.key is not None and record.key.startswith(b"req_"):
+                self._remember_answered(record.key)
+                remembered += 1
+        return remembered
 
     # --- events --------------------------------------------------------------------------
 
@@ -314,6 +497,10 @@ class Dispatcher:
         deliveries: list[WebhookDelivery] = []
         try:
             if record.topic == topics.RESULTS.name:
+                if not self.known.below(record.partition, record.offset):
+                    await self.known.wait(record.partition, record.offset)
+                if self.known.below(record.partition, record.offset):  # still contiguous
+                    self.known.advance(record.partition, record.offset + 1)
                 # Only ingress ids can carry a callback; batch results (breq_) are skipped
                 # without decoding.
                 if (
@@ -338,7 +525,7 @@ class Dispatcher:
             await asyncio.gather(*(self._first_attempt(d) for d in deliveries))
         except BaseException:  # not handled after all (e.g. cancelled by a revocation)
             if record.topic == topics.RESULTS.name and record.key is not None:
-                self._answered.pop(record.key, None)
+                self._answered.discard(record.key)
             raise
 
     async def _first_attempt(self, delivery: WebhookDelivery) -> None:
@@ -347,13 +534,11 @@ class Dispatcher:
             return  # the same event again (a redelivered result): already handled here
         # Marked before the attempt: a second result of the same request (a re-execution)
         # read while the first one's delivery is still in progress is not delivered too.
-        self._recent[seen] = None
-        if len(self._recent) > _RECENT_MAX:
-            self._recent.popitem(last=False)
+        self._recent.add(seen, time.monotonic())
         try:
             await self._attempt(delivery)
         except BaseException:  # cancelled (a revocation) or failed: not handled after all
-            self._recent.pop(seen, None)
+            self._recent.discard(seen)
             raise
 
     async def _on_retry(self, record: ConsumerRecord[bytes, bytes]) -> None:

@@ -51,11 +51,12 @@ from workers.budget.view import EnforcementSettings
 from workers.dead_letters import send_dead_letter, source_of
 from workers.producer_renewal import RenewableProducer
 from workers.providers.registry import build_registry
+from workers.recent_keys import RecentKeys
 from workers.router.budgets import build_budgets
 from workers.router.cancelled import CancelledBatches
 from workers.router.execution import Execution, Executor
 from workers.router.lanes import Lanes, take
-from workers.router.membership import fetched_after_absence
+from workers.router.membership import AbsenceGuard, Poll, rebalance_timeout_ms
 from workers.router.offsets import OffsetTracker, decode_finished
 from workers.router.rate_gate import RateGate
 from workers.router.settings import RouterSettings
@@ -69,6 +70,11 @@ from workers.tenancy.settings import TenancySettings
 log = logging.getLogger("tollway.router")
 
 _PUBLISH_BACKOFF_MAX_S = 5.0
+ANSWERED_IDS_MAX = 10_000
+"""Request ids whose result this router published that it remembers (~2 MB): enough
+for the copies a restarted batch worker publishes again within seconds (0006)."""
+ANSWERED_IDS_MAX_AGE_S = 600.0
+"""And for at most this long (workers/recent_keys.py): copies come within seconds."""
 _LOAD_FINISHED_TIMEOUT_S = 5.0
 PRODUCER_BATCH_BYTES = 256 * 1024
 """Largest record batch per partition (aiokafka's default is 16 KiB); below the
@@ -80,16 +86,21 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         self._router = router
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        # Let in-flight calls of the revoked partitions finish and commit them, so the
-        # new owner does not call the provider a second time for the same records.
-        await self._router.drain_partitions(revoked)
-        await self._router.commit()
-        for tp in revoked:
-            self._router.tracker.drop(tp)
-            self._router.finished_by_previous_owner.pop(tp, None)
+        router = self._router
+        if router.membership.revoking(time.monotonic()):
+            # Back from an absence: this member was dropped, the partitions are another
+            # router's already; what is in flight must neither be waited for nor go on.
+            router.abandon_in_flight("a rebalance after an absence")
+        else:
+            # Let in-flight calls of the revoked partitions finish and commit them, so the
+            # new owner does not call the provider a second time for the same records.
+            await router.drain_partitions(revoked)
+        await router.commit()
+        router.remember_finished(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         log.info("assigned %d partitions", len(assigned))
+        self._router.membership.assigned(time.monotonic())
         await self._router.load_finished(assigned)
 
 
@@ -112,6 +123,19 @@ class Router:
         # Offsets a partition's previous owner finished above its committed position
         # (commit metadata, workers/router/offsets.py): skipped, not run again.
         self.finished_by_previous_owner: dict[TopicPartition, set[int]] = {}
+        # Offsets this router finished on partitions revoked at the last rebalance that no
+        # commit covers (a commit refused around a broker restart or an absence): skipped
+        # too if a partition comes back to it.
+        self._finished_here: dict[TopicPartition, set[int]] = {}
+        self.membership = AbsenceGuard(settings.session_timeout_ms, time.monotonic())
+        # Tasks abandoned after an absence: cancelled, and should one outlive it (a
+        # cancellation swallowed by a timeout firing at the same wake-up) it publishes
+        # its attempts (real spend) but no result, and finishes nothing.
+        self._abandoned: set[asyncio.Task[None]] = set()
+        # Async and batch requests answered here (result published) or being run: a copy of
+        # one (a batch worker re-expanding lines after its restart, 0006) is not run again.
+        self._answered_ids: RecentKeys[str] = RecentKeys(ANSWERED_IDS_MAX_AGE_S, ANSWERED_IDS_MAX)
+        self._running_ids: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._tasks_by_tp: dict[TopicPartition, set[asyncio.Task[None]]] = {}
         self._stopping = asyncio.Event()
@@ -132,6 +156,11 @@ class Router:
             auto_offset_reset="earliest",
             max_poll_interval_ms=settings.max_poll_interval_ms,
             session_timeout_ms=settings.session_timeout_ms,
+            rebalance_timeout_ms=rebalance_timeout_ms(
+                settings.max_poll_interval_ms,
+                settings.session_timeout_ms,
+                settings.revoke_drain_timeout_s,
+            ),
             heartbeat_interval_ms=max(1_000, settings.session_timeout_ms // 3),
             request_timeout_ms=kafka.request_timeout_ms + settings.session_timeout_ms,
         )
@@ -166,18 +195,22 @@ class Router:
             [topics.REQUESTS_INTERACTIVE.name, topics.REQUESTS_BATCH.name],
             listener=_Rebalance(self),
         )
-        last_commit = last_poll = time.monotonic()
+        last_commit = time.monotonic()
+        self.membership = AbsenceGuard(self.settings.session_timeout_ms, last_commit)
         try:
             while not self._stopping.is_set():
                 self._apply_backpressure()
                 room = self.settings.max_in_flight - self._calls()
                 batch = await self.consumer.getmany(timeout_ms=100, max_records=max(1, room))
-                polled = time.monotonic()
-                away_s, last_poll = polled - last_poll, polled
-                if fetched_after_absence(away_s, self.settings.session_timeout_ms):
+                verdict, away_s = self.membership.polled(time.monotonic())
+                if verdict is not Poll.RUN:
+                    if verdict is Poll.ABSENT:
+                        self.abandon_in_flight(
+                            f"{away_s:.1f} s since the last poll (session timeout "
+                            f"{self.settings.session_timeout_ms} ms)"
+                        )
                     if batch:
-                        self._put_back(batch, away_s)
-                    self._abandon_in_flight(away_s)
+                        self._put_back(batch, verdict)
                     continue
                 for tp, records in batch.items():
                     for record in self._admitted(tp, records):
@@ -197,21 +230,19 @@ class Router:
         self._stopping.set()
 
     def _put_back(
-        self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]], away_s: float
+        self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]], verdict: Poll
     ) -> None:
-        """Leave a batch fetched before a long absence to whoever owns it now
-        (workers/router/membership.py): seek back to its first record where the
-        partition is still assigned; elsewhere the new owner has it already."""
+        """Leave a batch fetched since an absence, before the group was rejoined, to
+        whoever owns it now (workers/router/membership.py): seek back to its first record
+        where the partition is still assigned; elsewhere the new owner has it already."""
         assigned = self.consumer.assignment()
         for tp, records in batch.items():
             if records and tp in assigned:
                 self.consumer.seek(tp, records[0].offset)
         log.warning(
-            "router %s: %.1f s since the last poll (session timeout %d ms): %d fetched "
-            "records put back, not run",
+            "router %s: %s: %d fetched records put back, not run",
             self.executor.router_id,
-            away_s,
-            self.settings.session_timeout_ms,
+            "back from an absence" if verdict is Poll.ABSENT else "not yet rejoined",
             sum(len(r) for r in batch.values()),
         )
 
@@ -276,26 +307,39 @@ class Router:
                 self._waiting_by_tp.pop(tp, None)
             self._waiting_batch -= batch
 
-    def _abandon_in_flight(self, away_s: float) -> None:
+    def abandon_in_flight(self, why: str) -> None:
         """Cancel every record in flight after an absence past the session timeout.
 
         Their partitions were handed over while this router was away: the new owner runs
         those records from the last commit (they are not finished here, so never
         committed). Letting them go on would make more provider calls (retries, fallbacks
         and calls not yet started) and publish a second, possibly different, result: the
-        frozen-router duplicates of the chaos suite (docs/reliability.md)."""
-        if not self._tasks:
+        frozen-router duplicates of the chaos suite (docs/reliability.md). A task whose
+        cancellation is lost (a call timeout firing at the same wake-up turns it into a
+        retry) is still marked: it publishes no result (`_handle_record`)."""
+        live = [task for task in self._tasks if not task.done()]
+        if not live:
             return
         log.warning(
-            "router %s: %.1f s away (session timeout %d ms): %d records in flight abandoned "
-            "to the partitions' new owners",
+            "router %s: %s: %d records in flight abandoned to the partitions' new owners",
             self.executor.router_id,
-            away_s,
-            self.settings.session_timeout_ms,
-            len(self._tasks),
+            why,
+            len(live),
         )
-        for task in list(self._tasks):
+        for task in live:
+            self._abandoned.add(task)
+            task.add_done_callback(self._abandoned.discard)
             task.cancel()
+
+    def remember_finished(self, revoked: set[TopicPartition]) -> None:
+        """Forget the revoked partitions' tracking, keeping what was finished here and
+        not committed (nor known from a previous owner) in case a partition comes back."""
+        for tp in revoked:
+            finished = self.tracker.finished_uncommitted(tp)
+            finished |= self.finished_by_previous_owner.pop(tp, set())
+            if finished:
+                self._finished_here[tp] = finished
+            self.tracker.drop(tp)
 
     def _cancel_waiting(self, partitions: set[TopicPartition] | None = None) -> None:
         """Cancel the records of `partitions` (default: all) that wait for a rate limit."""
@@ -331,7 +375,12 @@ class Router:
         """Read which records above each committed position the previous owner finished.
 
         Uses the group coordinator aiokafka already has (its public `committed()` drops
-        the metadata). Bounded: on any failure those records simply run again."""
+        the metadata). Bounded: on any failure those records simply run again. Records
+        this router itself finished before the partition was revoked, uncommitted, are
+        skipped as well (`remember_finished`)."""
+        mine, self._finished_here = self._finished_here, {}
+        for tp in assigned & mine.keys():
+            self.finished_by_previous_owner[tp] = mine[tp]
         try:
             async with asyncio.timeout(_LOAD_FINISHED_TIMEOUT_S):
                 committed = await self.consumer._coordinator.fetch_committed_offsets(assigned)
@@ -341,7 +390,9 @@ class Router:
         for tp, entry in committed.items():
             finished = decode_finished(entry.offset, entry.metadata)
             if finished:
-                self.finished_by_previous_owner[tp] = finished
+                self.finished_by_previous_owner[tp] = (
+                    self.finished_by_previous_owner.get(tp, set()) | finished
+                )
                 log.info(
                     "%s/%s: %d records above offset %d were finished by the previous owner",
                     tp.topic,
@@ -388,46 +439,103 @@ class Router:
         else:
             bind_request_id(envelope["request_id"])  # the record's own task: logs carry it
             set_attributes({"tollway.request_id": envelope["request_id"]})
-            relay = None
-            if envelope["mode"] == "sync" and envelope["reply_partition"] is not None:
-                relay = ChunkRelay(self.producer, envelope["reply_partition"])
+            if await self._answered_before(envelope):
+                self.tracker.finish(tp, record.offset)
+                return
             try:
-                execution = (
-                    Execution(self.executor.failed_result(envelope, self.cancelled.error()))
-                    if self.cancelled is not None and self.cancelled.skips(envelope)
-                    else await self.gate.run(
-                        envelope,
-                        lambda: self.executor.execute(
-                            envelope, relay.emit if relay is not None else None
-                        ),
-                        lambda error: Execution(self.executor.failed_result(envelope, error)),
-                        lambda: self._waiting(tp),
-                    )
-                )
-                if relay is not None:
-                    await relay.flush()
-            except Exception:
-                # A bug of ours: answer the request with a 500 rather than stall the
-                # partition's commits and re-execute (and re-bill) it on every restart.
-                log.exception("execution of %s failed", envelope["request_id"])
-                failure = TollwayError("Internal error while routing the request.")
-                execution = Execution(self.executor.failed_result(envelope, failure))
-            await self._publish(envelope, execution)
-            result = execution.result
-            if result["status"] == "failed":  # one line per failed request, with its ids
-                mark_error(result["error_type"] or "failed")
-                log.info(
-                    "request %s failed: %s (HTTP %s) after %d attempt(s)",
-                    result["request_id"],
-                    result["error_type"],
-                    result["http_status"],
-                    result["attempts"],
-                )
-            router_metrics().execution(execution.result, execution.attempts)
+                await self._run_record(tp, record, envelope)
+            finally:
+                if self._running_ids.get(envelope["request_id"]) is asyncio.current_task():
+                    del self._running_ids[envelope["request_id"]]
+            return
         self.tracker.finish(tp, record.offset)
 
-    async def _publish(self, envelope: RequestEnvelope, execution: Execution) -> None:
+    async def _answered_before(self, envelope: RequestEnvelope) -> bool:
+        """True for a copy of an async or batch request this router already answered (its
+        result is published); a copy arriving while the first runs waits for it. Sync
+        requests always run: their waiting ingress needs the reply on its partition."""
+        request_id = envelope["request_id"]
+        if envelope["mode"] == "sync":
+            return False
+        first = self._running_ids.get(request_id)
+        if first is not None and not first.done():
+            await asyncio.wait({first})  # its outcome is read below, not raised here
+        if request_id in self._answered_ids:
+            log.info("request %s: a copy of a request answered here; not run again", request_id)
+            return True
+        task = asyncio.current_task()
+        if task is not None:
+            self._running_ids[request_id] = task
+        return False
+
+    def _answered(self, request_id: str) -> None:
+        self._answered_ids.add(request_id, time.monotonic())
+
+    async def _run_record(
+        self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes], envelope: RequestEnvelope
+    ) -> None:
+        """Execute one decoded request, publish its attempts and result, finish its offset."""
+        relay = None
+        if envelope["mode"] == "sync" and envelope["reply_partition"] is not None:
+            relay = ChunkRelay(self.producer, envelope["reply_partition"])
+        try:
+            execution = (
+                Execution(self.executor.failed_result(envelope, self.cancelled.error()))
+                if self.cancelled is not None and self.cancelled.skips(envelope)
+                else await self.gate.run(
+                    envelope,
+                    lambda: self.executor.execute(
+                        envelope, relay.emit if relay is not None else None
+                    ),
+                    lambda error: Execution(self.executor.failed_result(envelope, error)),
+                    lambda: self._waiting(tp),
+                )
+            )
+            if relay is not None:
+                await relay.flush()
+        except Exception:
+            # A bug of ours: answer the request with a 500 rather than stall the
+            # partition's commits and re-execute (and re-bill) it on every restart.
+            log.exception("execution of %s failed", envelope["request_id"])
+            failure = TollwayError("Internal error while routing the request.")
+            execution = Execution(self.executor.failed_result(envelope, failure))
+        if self._abandoned_now(envelope, execution):
+            # Its partition is another router's: the calls made are real spend and
+            # recorded, the result is the new owner's to publish, nothing is finished.
+            await self._publish(envelope, execution, with_result=False)
+            raise asyncio.CancelledError
+        await self._publish(envelope, execution)
+        self._answered(envelope["request_id"])
+        result = execution.result
+        if result["status"] == "failed":  # one line per failed request, with its ids
+            mark_error(result["error_type"] or "failed")
+            log.info(
+                "request %s failed: %s (HTTP %s) after %d attempt(s)",
+                result["request_id"],
+                result["error_type"],
+                result["http_status"],
+                result["attempts"],
+            )
+        router_metrics().execution(execution.result, execution.attempts)
+        self.tracker.finish(tp, record.offset)
+
+    def _abandoned_now(self, envelope: RequestEnvelope, execution: Execution) -> bool:
+        """True when this record's task was abandoned (`abandon_in_flight`) but went on."""
+        task = asyncio.current_task()
+        if task is None or task not in self._abandoned:
+            return False
+        log.warning(
+            "request %s: abandoned after an absence; %d attempt(s) recorded, no result",
+            envelope["request_id"],
+            len(execution.attempts),
+        )
+        return True
+
+    async def _publish(
+        self, envelope: RequestEnvelope, execution: Execution, *, with_result: bool = True
+    ) -> None:
         """Send attempts, result and (sync) reply together; retry until all are acked.
+        Without `with_result`, the attempts only (an abandoned record's calls).
 
         A retry re-sends only the records that failed or were never queued: re-sending
         records still in flight would add load exactly when the producer is behind.
@@ -438,8 +546,9 @@ class Router:
         records: list[tuple[str, bytes, int | None]] = [
             (topics.ATTEMPTS.name, codec.encode("attempt", a), None) for a in execution.attempts
         ]
-        records.append((topics.RESULTS.name, result_bytes, None))
-        if envelope["mode"] == "sync" and envelope["reply_partition"] is not None:
+        if with_result:
+            records.append((topics.RESULTS.name, result_bytes, None))
+        if with_result and envelope["mode"] == "sync" and envelope["reply_partition"] is not None:
             records.append((topics.REPLIES.name, result_bytes, envelope["reply_partition"]))
         futures: list[asyncio.Future[object] | None] = [None] * len(records)
         delay_s = 0.1

@@ -28,6 +28,9 @@ METADATA_PREFIX: Final = "tw1:"
 of offsets finished, as distances from the committed position."""
 METADATA_MAX_CHARS: Final = 3_000
 """Below the broker's default `offset.metadata.max.bytes` (4096), with room to spare."""
+REMEMBERED_MAX: Final = 100_000
+"""Most offsets `OffsetTracker.finished_uncommitted` returns for one partition (the
+highest): memory stays bounded after a long stretch of failed commits."""
 
 
 def encode_finished(position: int, finished: Iterable[int]) -> str:
@@ -70,16 +73,19 @@ def decode_finished(position: int, metadata: str | None) -> set[int]:
 class PartitionOffsets:
     """Started offsets of one partition, in the order they were fetched (ascending)."""
 
-    __slots__ = ("_done", "_next_commit", "_pending")
+    __slots__ = ("_done", "_first", "_next_commit", "_pending")
 
     def __init__(self) -> None:
         self._pending: deque[int] = deque()
         self._done: set[int] = set()
         self._next_commit: int | None = None
+        self._first: int | None = None
 
     def start(self, offset: int) -> None:
         if self._pending and offset <= self._pending[-1]:
             raise ValueError(f"offset {offset} started out of order after {self._pending[-1]}")
+        if self._first is None:
+            self._first = offset
         self._pending.append(offset)
 
     def finish(self, offset: int) -> None:
@@ -104,6 +110,17 @@ class PartitionOffsets:
         """Offsets finished behind a record still in flight (above `committable()`)."""
         return set(self._done)
 
+    def finished_from(self, position: int | None) -> set[int]:
+        """Every offset finished here at or above `position` (None: since the first one
+        started), the highest `REMEMBERED_MAX` at most."""
+        low = self._first if position is None else position
+        finished = set(self._done)
+        if low is not None and self._next_commit is not None:
+            finished.update(range(max(low, self._next_commit - REMEMBERED_MAX), self._next_commit))
+        if len(finished) > REMEMBERED_MAX:
+            finished = set(sorted(finished)[-REMEMBERED_MAX:])
+        return {o for o in finished if position is None or o >= position}
+
     @property
     def in_flight(self) -> int:
         return len(self._pending) - len(self._done)
@@ -123,6 +140,20 @@ class OffsetTracker(Generic[K]):
         part = self._parts.get(tp)
         if part is not None:  # None: the partition was revoked meanwhile
             part.finish(offset)
+
+    def finished_uncommitted(self, tp: K) -> set[int]:
+        """Offsets of `tp` finished here that no successful commit covers: neither below
+        its committed position nor in its committed metadata. A router keeps them over a
+        rebalance and skips them if the partition comes back to it (its commit failed,
+        e.g. around a broker restart, but the results are published)."""
+        part = self._parts.get(tp)
+        if part is None:
+            return set()
+        committed = self._committed.get(tp)
+        if committed is None:
+            return part.finished_from(None)
+        position, metadata = committed
+        return part.finished_from(position) - decode_finished(position, metadata)
 
     def drop(self, tp: K) -> None:
         """Forget a revoked partition; its late finishes are ignored."""
