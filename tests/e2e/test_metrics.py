@@ -241,7 +241,13 @@ def test_every_process_serves_its_documented_series_after_traffic(
     def missing() -> list[str]:
         gaps = []
         for name, url in urls.items():
-            samples = scrape(url)
+            # A listener may not be up yet (the loader opens its own after the migrations,
+            # seen on a fresh clone's first stack): retried until the deadline, then shown.
+            try:
+                samples = scrape(url)
+            except httpx.TransportError as exc:
+                gaps.append(f"{name}: {url} not answering ({type(exc).__name__})")
+                continue
             gaps += [
                 f"{name}: {s} {ls} = 0" for s, ls in EXPECTED[name] if total(samples, s, ls) <= 0
             ]
