@@ -128,6 +128,21 @@ def analytics_routes(
     ]
 
 
+def clickhouse_runner_for(ingress: Ingress) -> tuple[ClickHouseRunner, str]:
+    """The ingress's ClickHouse runner (`CLICKHOUSE_URL`, `TOLLWAY_ANALYTICS_DATABASE`,
+    `TOLLWAY_INGRESS_ANALYTICS_*`) and the server's URL as logs may show it."""
+    from analytics.settings import AnalyticsSettings
+
+    store = AnalyticsSettings()
+    runner = ClickHouseRunner(
+        store.url,
+        store.database,
+        threads=ingress.settings.analytics_threads,
+        timeout_s=ingress.settings.analytics_timeout_s,
+    )
+    return runner, store.url_for_logs
+
+
 def analytics_routes_for(ingress: Ingress) -> list[BaseRoute]:
     """The `extra_routes` factory of ingress/server.py: settings from the environment.
 
@@ -135,19 +150,10 @@ def analytics_routes_for(ingress: Ingress) -> list[BaseRoute]:
     the key, timeout and threads are `TOLLWAY_ADMIN_KEY`, `TOLLWAY_INGRESS_ANALYTICS_*`.
     Nothing connects here: the client is made on the first query.
     """
-    from analytics.settings import AnalyticsSettings
-
-    settings = ingress.settings
-    store = AnalyticsSettings()
-    runner = ClickHouseRunner(
-        store.url,
-        store.database,
-        threads=settings.analytics_threads,
-        timeout_s=settings.analytics_timeout_s,
-    )
-    key = settings.admin_key
+    runner, url_for_logs = clickhouse_runner_for(ingress)
+    key = ingress.settings.admin_key
     if key is None:
         log.info("analytics over HTTP is off: TOLLWAY_ADMIN_KEY is not set")
     else:
-        log.info("analytics over HTTP on, ClickHouse at %s", store.url_for_logs)
+        log.info("analytics over HTTP on, ClickHouse at %s", url_for_logs)
     return analytics_routes(runner, AdminKey(key.get_secret_value()) if key else None)

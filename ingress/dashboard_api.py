@@ -35,7 +35,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from ingress.admin_auth import AdminKey, check_admin
-from ingress.analytics_runner import ClickHouseRunner, QueryRunner
+from ingress.analytics_runner import QueryRunner
 from ingress.dashboard_panels import (
     DEFAULT_WINDOW,
     WINDOWS,
@@ -185,17 +185,10 @@ def _datetime(epoch_ms: int) -> datetime:
 def dashboard_routes_for(ingress: Ingress, budgets: Sequence[BudgetRule] = ()) -> list[BaseRoute]:
     """The `extra_routes` factory of ingress/server.py: ClickHouse and the admin key as for
     /v1/analytics (`CLICKHOUSE_URL`, `TOLLWAY_ADMIN_KEY`, `TOLLWAY_INGRESS_ANALYTICS_*`)."""
-    from analytics.settings import AnalyticsSettings
+    from ingress.analytics_api import clickhouse_runner_for
 
-    settings = ingress.settings
-    store = AnalyticsSettings()
-    runner = ClickHouseRunner(
-        store.url,
-        store.database,
-        threads=settings.analytics_threads,
-        timeout_s=settings.analytics_timeout_s,
-    )
-    key = settings.admin_key
+    runner, _ = clickhouse_runner_for(ingress)
+    key = ingress.settings.admin_key
     if key is None:
         log.info("the dashboard's data is off: TOLLWAY_ADMIN_KEY is not set")
     admin = AdminKey(key.get_secret_value()) if key else None
