@@ -37,11 +37,18 @@ def envelope(
     return env
 
 
-async def produce(bootstrap: str, topic: str, values: list[tuple[bytes, bytes]]) -> None:
+async def produce(
+    bootstrap: str,
+    topic: str,
+    values: list[tuple[bytes, bytes]],
+    headers: list[tuple[str, bytes]] | None = None,
+) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all")
     await producer.start()
     try:
-        futures = [await producer.send(topic, value, key=key) for key, value in values]
+        futures = [
+            await producer.send(topic, value, key=key, headers=headers) for key, value in values
+        ]
         await asyncio.gather(*futures)
     finally:
         await producer.stop()

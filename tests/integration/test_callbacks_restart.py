@@ -20,12 +20,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from deploy.topics import ensure_topics
 from schemas import codec, topics
-from schemas.batch_topics import ALL_BATCH_AND_CALLBACK_TOPICS
+from schemas.batch_topics import ALL_BATCH_AND_CALLBACK_TOPICS, CALLBACKS_RETRY
 from schemas.settings import KafkaSettings
 from tests.integration.conftest import free_port
 from tests.integration.kafka_io import produce
 from tests.integration.test_callbacks import Receiver, budget_event, config
-from workers.callbacks.dispatcher import Dispatcher
+from workers.callbacks import events
+from workers.callbacks.dispatcher import RETRY_GROUP_HEADER, Dispatcher
 from workers.callbacks.settings import CallbacksSettings
 
 pytestmark = pytest.mark.kafka
@@ -96,3 +97,37 @@ async def test_an_event_written_between_two_dispatchers_is_delivered_by_the_seco
         assert len(receiver.received) == 1
     finally:
         await receiver.stop()
+
+
+async def test_a_group_attempts_its_own_retries_and_unmarked_ones_not_another_groups(
+    kafka_bootstrap: str,
+) -> None:
+    """A new group starts the retry topic at its beginning ("a waiting retry is never
+    skipped"); the retries another group wrote there are that group's to attempt."""
+    await ensure_topics(kafka_bootstrap, ALL_BATCH_AND_CALLBACK_TOPICS)
+    group = f"tollway-callbacks-owner-{uuid.uuid4().hex[:8]}"
+    receiver = await Receiver(free_port()).start()
+    hook = {"id": "owner", "url": receiver.url, "events": ["budget.*"]}
+    webhooks = config([hook])
+    due = [events.from_budget(budget_event(), webhooks, 0)[0] for _ in range(3)]
+    by_owner = {
+        b"someone-else": due[0]["webhook_id"],
+        group.encode(): due[1]["webhook_id"],
+        None: due[2]["webhook_id"],  # replayed dead letters carry no owner
+    }
+    for owner, delivery in zip(by_owner, due, strict=True):
+        await produce(
+            kafka_bootstrap,
+            CALLBACKS_RETRY.name,
+            [(delivery["webhook_id"].encode(), codec.encode("webhook_delivery", delivery))],
+            headers=None if owner is None else [(RETRY_GROUP_HEADER, owner)],
+        )
+    running = await run_dispatcher(kafka_bootstrap, group, webhooks)
+    try:
+        await receiver.wait(2)
+        await asyncio.sleep(1.0)  # the other group's retry would have come by now
+    finally:
+        await stop(running)
+        await receiver.stop()
+    sent = sorted(headers["webhook-id"] for headers, _ in receiver.received)
+    assert sent == sorted([by_owner[group.encode()], by_owner[None]])

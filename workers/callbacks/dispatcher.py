@@ -76,6 +76,11 @@ READBACK_TIMEOUT_S: Final = 20.0
 """Longest the deliveries of taken-over results partitions wait for the read-back; past
 it they go on with what was read (a second webhook becomes possible again)."""
 _BACKOFF_MAX_S: Final = 5.0
+RETRY_GROUP_HEADER: Final = "tollway-callbacks-group"
+"""Header naming the dispatcher group that wrote a retry record. A group attempts only its
+own retries and those without the header (written by `replay`, or before the header
+existed): a second group on the same cluster, which starts the retry topic at its
+beginning, does not attempt every other group's retries again (and re-write them)."""
 _ENABLE_LEAD_MS: Final = 2_000
 
 
@@ -255,6 +260,7 @@ class Dispatcher:
     ) -> None:
         self.kafka = kafka
         self.settings = settings
+        self._group = settings.group_id.encode()
         self.config = config
         self.policy = settings.retry_policy()
         self.clock_ms = clock_ms
@@ -350,7 +356,11 @@ class Dispatcher:
         finally:
             for task in tasks:
                 task.cancel()
+            readbacks = list(self._readback_tasks)
             self._results_revoked()
+            # Awaited, so each read-back's consumer is stopped (its connections closed)
+            # before this returns, not left to the garbage collector after the loop ends.
+            await asyncio.gather(*readbacks, return_exceptions=True)
             for lane in (self.events, self.retries):
                 pending = {t for t in lane.tasks if not t.done()}
                 for task in pending:
@@ -542,6 +552,9 @@ class Dispatcher:
             raise
 
     async def _on_retry(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        owner = dict(record.headers or ()).get(RETRY_GROUP_HEADER)
+        if owner is not None and owner != self._group:
+            return  # another group's retry: that group attempts it
         try:
             delivery = codec.decode("webhook_delivery", record.value or b"")
         except CorruptRecord:
@@ -593,7 +606,10 @@ class Dispatcher:
         attempt["due_at_ms"] = due
         log.info("%s to %s: %s; retry at %s", delivery["webhook_id"], key, outcome.detail, due)
         await self._send(
-            CALLBACKS_RETRY.name, attempt["webhook_id"], codec.encode("webhook_delivery", attempt)
+            CALLBACKS_RETRY.name,
+            attempt["webhook_id"],
+            codec.encode("webhook_delivery", attempt),
+            headers=[(RETRY_GROUP_HEADER, self._group)],
         )
         metrics.retries.inc()
 
@@ -616,12 +632,14 @@ class Dispatcher:
         }
         await self._send(CALLBACK_ENDPOINTS.name, key, codec.encode("webhook_endpoint", state))
 
-    async def _send(self, topic: str, key: str, value: bytes) -> None:
+    async def _send(
+        self, topic: str, key: str, value: bytes, headers: list[tuple[str, bytes]] | None = None
+    ) -> None:
         delay_s = 0.1
         while True:
             producer = self.producer
             try:
-                await producer.send_and_wait(topic, value, key=key.encode())
+                await producer.send_and_wait(topic, value, key=key.encode(), headers=headers)
             except KafkaError as exc:
                 log.warning("publish to %s failed (%s); retrying", topic, type(exc).__name__)
                 await self.producers.renew_if_lost(producer, exc)
