@@ -104,7 +104,7 @@ bench-compare: setup
 # Long API fuzzing (schemathesis, every operation; ~20 min per 300 examples here). The
 # short form (5 examples per operation) runs inside `make test` with the unit tier.
 fuzz: setup
-	TOLLWAY_FUZZ_EXAMPLES=$${TOLLWAY_FUZZ_EXAMPLES:-300} $(BIN)/pytest tests/unit/test_fuzz_api.py -q
+	TOLLWAY_FUZZ_EXAMPLES=$${TOLLWAY_FUZZ_EXAMPLES:-100} $(BIN)/pytest tests/unit/test_fuzz_api.py -q
 
 kafka-start:
 	bash $(KAFKA) start

@@ -4,7 +4,7 @@
          or by team id for a team with a hard budget (docs/decisions/0009) or a rate limit
          on the team or the request's key (docs/decisions/0014))
     in:  tollway.replies, one partition chosen at start (sync replies for this replica)
-    in:  tollway.results, every partition from the start (index request_id -> offset)
+    in:  tollway.results, every partition from the start (index async request_id -> offset)
 
 Replies: each ingress replica reads one partition of `tollway.replies`, picked
 at random when it starts, and tells routers that partition in each sync
@@ -13,10 +13,14 @@ waiting for. Reading starts at the end, before the first request is accepted.
 
 Results index: `GET /v1/async/requests/{id}` needs the result of any request,
 so every replica keeps `request_id -> offset` for `tollway.results` (the
-partition follows from the key) and fetches the record on demand. Memory is
-bounded by `result_index_max`; the FIRST result per id wins, the same rule as
-every other sink. Readiness waits until the index has caught up with the end
-offsets seen at start, so a finished request is never reported as queued.
+partition follows from the key) and fetches the record on demand. Only async requests
+are indexed (the router's `tollway-mode` header; a record without it is indexed): sync
+answers went to their caller and batch lines are read through the batch's output file,
+and indexing them tripled the index's growth (the third memory soak,
+docs/reliability.md). Memory is bounded by `result_index_max` (~220 bytes an entry);
+the FIRST result per id wins, the same rule as every other sink. Readiness waits
+until the index has caught up with the end offsets seen at start, so a finished
+request is never reported as queued.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import contextlib
 import logging
 import random
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -44,6 +48,14 @@ from workers.telemetry.tracing import inject_headers, start_span
 from workers.tenancy.model import TenancyView
 
 log = logging.getLogger("tollway.ingress.kafka")
+
+
+def _pollable(headers: Sequence[tuple[str, bytes]] | None) -> bool:
+    """A result GET /v1/async/requests/{id} may ask for: async, or of unknown mode."""
+    for name, value in headers or ():
+        if name == topics.RESULT_MODE_HEADER:
+            return value == b"async"
+    return True
 
 
 def request_key(envelope: RequestEnvelope) -> bytes:
@@ -77,7 +89,7 @@ class KafkaBus(ReplyWaiters):
         self._client_id = client_id
         self._index_max = result_index_max
         self._reply_partition = random.randrange(topics.REPLIES.partitions)  # noqa: S311 - load spreading, not security
-        self._index: OrderedDict[str, int] = OrderedDict()
+        self._index: OrderedDict[bytes, int] = OrderedDict()
         self._index_caught_up = False
         self._broker_ok = False
         self._started = False
@@ -199,13 +211,13 @@ class KafkaBus(ReplyWaiters):
 
     def has_result(self, request_id: str) -> bool:
         """True once `request_id` is in the results index (no I/O; ingress/queue_limit.py)."""
-        return request_id in self._index
+        return request_id.encode() in self._index
 
     async def lookup(self, request_id: str) -> Result | None:
-        offset = self._index.get(request_id)
+        key = request_id.encode()
+        offset = self._index.get(key)
         if offset is None:
             return None
-        key = request_id.encode()
         partition = partition_for_key(key, len(self._result_partitions))
         tp = TopicPartition(topics.RESULTS.name, partition)
         async with self._fetch_lock:
@@ -253,11 +265,10 @@ class KafkaBus(ReplyWaiters):
             batch = await self._results.getmany(timeout_ms=500, max_records=10_000)
             for tp, records in batch.items():
                 for record in records:
-                    if record.key is None:
+                    if record.key is None or not _pollable(record.headers):
                         continue
-                    request_id = record.key.decode(errors="replace")
-                    if request_id not in self._index:
-                        self._index[request_id] = record.offset
+                    if record.key not in self._index:
+                        self._index[record.key] = record.offset
                         if len(self._index) > self._index_max:
                             self._index.popitem(last=False)
                 if records and tp in pending and records[-1].offset + 1 >= pending[tp]:

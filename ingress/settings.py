@@ -62,8 +62,10 @@ class IngressSettings(BaseSettings):
     result_index_max: int = Field(
         default=2_000_000,
         ge=1_000,
-        description="Request ids whose result offset is kept in memory for GET /v1/async/...; "
-        "the oldest are forgotten first (their results stay in Kafka until retention).",
+        description="Async request ids whose result offset is kept in memory for "
+        "GET /v1/async/...; the oldest are forgotten first (their results stay in Kafka "
+        "until retention). About 220 bytes each: ~440 MB at the default, reached after "
+        "2 million async requests (a week at 3.3/s).",
     )
     id_secret: SecretStr = Field(
         default=SecretStr("tollway-dev-id-secret"),

@@ -63,6 +63,10 @@ RESULTS: Final = Topic(
     config=_cfg(retention_ms=str(7 * _DAY_MS)),
     doc="The final result of each execution, keyed by request_id; readers keep the first.",
 )
+RESULT_MODE_HEADER: Final = "tollway-mode"
+"""Header of every `tollway.results` record: the request's mode (sync, async, batch), so a
+reader that keeps only some kinds (the ingress's poll index: async) skips the rest
+without decoding them."""
 ATTEMPTS: Final = Topic(
     "tollway.attempts",
     partitions=6,

@@ -22,9 +22,9 @@ CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"
 
 
 @pytest.fixture
-async def gateway(
+async def bus_and_gateway(
     kafka_bootstrap: str, mock_url: str, run_router: Any
-) -> AsyncIterator[httpx.AsyncClient]:
+) -> AsyncIterator[tuple[KafkaBus, httpx.AsyncClient]]:
     run_router("tollway-router-it")
     bus = KafkaBus(
         KafkaSettings(bootstrap=kafka_bootstrap), client_id="it-ingress", result_index_max=10_000
@@ -38,8 +38,13 @@ async def gateway(
             if (await client.get("/readyz")).status_code == 200:
                 break
             await asyncio.sleep(0.1)
-        yield client
+        yield bus, client
     await bus.stop()
+
+
+@pytest.fixture
+def gateway(bus_and_gateway: tuple[KafkaBus, httpx.AsyncClient]) -> httpx.AsyncClient:
+    return bus_and_gateway[1]
 
 
 async def test_sync_chat_completion_goes_through_kafka(gateway: httpx.AsyncClient) -> None:
@@ -78,6 +83,25 @@ async def test_async_request_is_accepted_then_fetchable_by_id(gateway: httpx.Asy
         await asyncio.sleep(0.05)
     assert polled.json()["status"] == "succeeded"
     assert polled.json()["response"]["object"] == "chat.completion"
+
+
+async def test_only_async_results_are_indexed_for_polling(
+    bus_and_gateway: tuple[KafkaBus, httpx.AsyncClient],
+) -> None:
+    """Sync answers went to their caller: indexing them too tripled the ingress's memory
+    growth in the soak (ingress/kafka_bus.py)."""
+    bus, gateway = bus_and_gateway
+    answered = await gateway.post("/v1/chat/completions", json=CHAT)
+    accepted = await gateway.post("/v1/async/chat/completions", json=CHAT)
+    assert (answered.status_code, accepted.status_code) == (200, 202)
+    async_id = accepted.json()["id"]
+    for _ in range(200):
+        if bus.has_result(async_id):
+            break
+        await asyncio.sleep(0.05)
+    assert bus.has_result(async_id)
+    await asyncio.sleep(1.0)
+    assert not bus.has_result(answered.headers["x-tollway-request-id"])
 
 
 async def test_unknown_model_is_refused_before_kafka(gateway: httpx.AsyncClient) -> None:

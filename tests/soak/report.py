@@ -104,8 +104,11 @@ def section(facts: SoakFacts) -> str:
             f"Last soak: {facts.day}, `make soak`, {facts.duration_s / 60:g} min at "
             f"{facts.rate_per_s:g} req/s. **{verdict_line(facts)}.**",
             "",
-            "MB are MiB (2^20 bytes); start = first sample, warm = median of the minute after "
-            "the warm-up, end = median of the last minute, peak = largest VmHWM.",
+            "MB are MiB (2^20 bytes). start, warm, end, growth and slope are of the memory a "
+            "process holds, VmRSS minus its file-backed pages (RssFile); start = first sample, "
+            "warm = median of the minute after the warm-up, end = median of the last minute; "
+            "peak = largest VmHWM (all of VmRSS); file-backed = RssFile at the first and the "
+            "last sample, reported, not judged (tests/soak/memory.py).",
             "",
             table_markdown(facts.memory),
             "",

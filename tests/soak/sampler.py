@@ -1,7 +1,7 @@
 """Sample the resident set of named processes from /proc every few seconds (Linux).
 
-Each tick reads `/proc/<pid>/status` of every target and keeps `VmRSS` and `VmHWM`
-(KiB) as a `memory.Sample`. Targets are asked for each tick (`targets()` -> name ->
+Each tick reads `/proc/<pid>/status` of every target and keeps `VmRSS`, `VmHWM` and
+`RssFile` (KiB) as a `memory.Sample`. Targets are asked for each tick (`targets()` -> name ->
 pid), so the sampler follows whatever the caller runs; a target whose pid changes or
 whose process is gone is recorded in `exits` (a soak without faults has none: each is a
 finding). Reading /proc costs microseconds: at one tick per 10 s it does not disturb
@@ -23,19 +23,20 @@ from tests.soak.memory import Sample
 PROC = Path("/proc")
 
 
-def parse_status(text: str) -> tuple[int, int] | None:
-    """(VmRSS, VmHWM) in KiB from a /proc/<pid>/status text; None for a zombie (no VmRSS)."""
+def parse_status(text: str) -> tuple[int, int, int] | None:
+    """(VmRSS, VmHWM, RssFile) in KiB from a /proc/<pid>/status text; None for a zombie
+    (no VmRSS). RssFile is 0 where the kernel does not report it."""
     found: dict[str, int] = {}
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
+        if key in ("VmRSS", "VmHWM", "RssFile"):
             found[key] = int(value.split()[0])
     if "VmRSS" not in found:
         return None
-    return found["VmRSS"], found.get("VmHWM", found["VmRSS"])
+    return found["VmRSS"], found.get("VmHWM", found["VmRSS"]), found.get("RssFile", 0)
 
 
-def read_status(pid: int, proc: Path = PROC) -> tuple[int, int] | None:
+def read_status(pid: int, proc: Path = PROC) -> tuple[int, int, int] | None:
     try:
         text = (proc / str(pid) / "status").read_text()
     except OSError:  # gone between ticks
@@ -76,10 +77,10 @@ class RssSampler:
             if known is not None and pid != known:
                 self._exited(name, known, at_s, f"replaced by pid {pid}")
             self.pids[name] = pid
-            self.series.setdefault(name, []).append(Sample(at_s, status[0], status[1]))
+            self.series.setdefault(name, []).append(Sample(at_s, *status))
             if self.log_path is not None:
                 line = {"at_s": at_s, "name": name, "pid": pid, "rss_kb": status[0],
-                        "hwm_kb": status[1]}  # fmt: skip
+                        "hwm_kb": status[1], "file_kb": status[2]}  # fmt: skip
                 with self.log_path.open("a", encoding="utf-8") as log:
                     log.write(json.dumps(line) + "\n")
 

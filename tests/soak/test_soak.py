@@ -7,7 +7,7 @@
            mixing async with callback_url, sync and streamed chat (traffic.py), and a
            small batch (`TOLLWAY_SOAK_BATCH_LINES`, 20 lines) every
            `TOLLWAY_SOAK_BATCH_EVERY_S` (60 s), for `TOLLWAY_SOAK_MINUTES` (default 30)
-    sample VmRSS and VmHWM of every process from /proc/<pid>/status every
+    sample VmRSS, VmHWM, RssFile of every process from /proc/<pid>/status every
            `TOLLWAY_SOAK_SAMPLE_S` (10 s), also the Kafka broker's JVM and this driver
            (reported for information, not judged)
     then   the chaos suite's settle and invariants (nothing lost, nothing billed twice,
@@ -97,12 +97,12 @@ def mix_text() -> str:
 def keep_samples(sampler: RssSampler, probe: ClickHouseProbe, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     raw = {
-        name: [[s.at_s, s.rss_kb, s.hwm_kb] for s in samples]
+        name: [[s.at_s, s.rss_kb, s.hwm_kb, s.file_kb] for s in samples]
         for name, samples in sampler.series.items()
     }
     kept = {
         "pids": sampler.pids,
-        "at_s_rss_kb_hwm_kb": raw,
+        "at_s_rss_kb_hwm_kb_file_kb": raw,
         "clickhouse_internals": probe.samples,
         "clickhouse_probe_errors": probe.errors,
     }

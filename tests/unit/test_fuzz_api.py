@@ -12,7 +12,7 @@ Checks on every answer:
 - with keys, nothing but the active key reaches a handler of the data plane.
 
 Short by default (CI): `SHORT_EXAMPLES` generated cases per operation. Long with
-`TOLLWAY_FUZZ_EXAMPLES=1000` (`make fuzz`): that many cases per operation, plus
+`TOLLWAY_FUZZ_EXAMPLES=N` (`make fuzz`: 100, ~10 minutes here): N cases per operation, plus
 schemathesis's coverage phase (every boundary, missing field and wrong type the
 document defines: some 4,000 cases).
 """

@@ -543,6 +543,7 @@ class Router:
         key = envelope["request_id"].encode()
         headers = inject_headers()  # the trace goes on to cost, loader, callbacks (0019)
         result_bytes = codec.encode("result", execution.result)
+        result_headers = [*(headers or ()), (topics.RESULT_MODE_HEADER, envelope["mode"].encode())]
         records: list[tuple[str, bytes, int | None]] = [
             (topics.ATTEMPTS.name, codec.encode("attempt", a), None) for a in execution.attempts
         ]
@@ -561,7 +562,11 @@ class Router:
                         sent.done() and (sent.cancelled() or sent.exception() is not None)
                     ):
                         futures[i] = await producer.send(
-                            topic, value, key=key, partition=partition, headers=headers
+                            topic,
+                            value,
+                            key=key,
+                            partition=partition,
+                            headers=result_headers if topic == topics.RESULTS.name else headers,
                         )
                 await asyncio.gather(*(f for f in futures if f is not None))
             except KafkaError as exc:
