@@ -100,6 +100,7 @@ SCHEMA_IDS: Final[dict[int, tuple[RecordName, str]]] = {
     40: ("attempt", "attempt.v3.avsc"),
     41: ("cache_entry", "cache_entry.v1.avsc"),
     42: ("stream_chunk", "stream_chunk.v2.avsc"),
+    43: ("batch_state", "batch_state.v2.avsc"),
 }
 
 

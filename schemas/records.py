@@ -220,6 +220,13 @@ class BatchErrorRecord(TypedDict):
     param: str | None
 
 
+class SegmentRun(TypedDict):
+    """Spool segments `first_segment`.. (until the next run) were written by `owner`."""
+
+    owner: str
+    first_segment: int
+
+
 class BatchState(TypedDict):
     """`tollway.batch-state` value (schema `batch_state`), compacted by batch id."""
 
@@ -256,6 +263,7 @@ class BatchState(TypedDict):
     errors: list[BatchErrorRecord]
     done: bytes
     segments: int
+    segment_owners: list[SegmentRun]
     results_offsets: dict[str, int]
     updated_at_ms: int
 

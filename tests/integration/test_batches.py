@@ -7,6 +7,7 @@ the in-process mock provider; batch workers run as tasks and are killed mid-run.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -202,6 +203,63 @@ async def test_batch_survives_a_worker_restart_without_losing_or_duplicating_lin
     assert by_code == {"invalid_json": 8, "model_not_found": 8, "duplicate_custom_id": 8}
     assert final.usage is not None
     assert final.usage.output_tokens > 0
+
+
+class _StallingSegmentStore(LocalFileStore):
+    """A store whose spool segment writes stall, as on a disk busy with fsyncs."""
+
+    def __init__(self, root: Path, stall_s: float) -> None:
+        super().__init__(root)
+        self.stall_s = stall_s
+        self.writing = threading.Event()
+        self.last_write_done_s: float | None = None  # time.monotonic()
+
+    def put(self, key: str, data: bytes) -> None:
+        segment = "/segment-" in key
+        if segment:
+            self.writing.set()
+            time.sleep(self.stall_s)
+        super().put(key, data)
+        if segment:
+            self.last_write_done_s = time.monotonic()
+
+
+async def test_a_worker_killed_mid_segment_write_loses_no_line(
+    harness: Harness, sdk: openai.AsyncOpenAI
+) -> None:
+    """CI once lost 24 output lines: the killed worker's segment write, left running in
+    its thread, landed over the segment its successor had written under the same name.
+    Now the kill waits for the write, and each owner writes under its own key."""
+    # Results trickle in over 12 s, so the successor's first segment holds more lines
+    # than the segment the killed worker was writing under the same name.
+    lines = [request_line(f"req-{i}", model=f"mock-slow-{200 * i}") for i in range(60)]
+    uploaded = await sdk.files.create(file=("in.jsonl", b"".join(lines)), purpose="batch")
+    stalling = _StallingSegmentStore(harness.store.root, stall_s=6.0)
+    first = BatchWorker(harness.kafka, harness.settings, stalling, harness.routes)
+    first_task = asyncio.create_task(first.run())
+    harness.workers.append((first, first_task))
+    created = await sdk.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    deadline = time.monotonic() + 60
+    while not stalling.writing.is_set():
+        assert time.monotonic() < deadline, "the first worker never wrote a segment"
+        await asyncio.sleep(0.02)
+
+    first_task.cancel()  # mid-write
+    await asyncio.gather(first_task, return_exceptions=True)
+    killed_s = time.monotonic()
+    assert stalling.last_write_done_s is not None, "the kill did not wait for the write"
+    assert stalling.last_write_done_s <= killed_s
+    harness.start_worker()
+
+    final = await wait_for(sdk, created.id, lambda b: b.status == "completed", timeout_s=120)
+    assert counts(final) == (60, 60, 0)
+    assert final.output_file_id is not None
+    output = (await sdk.files.content(final.output_file_id)).content.splitlines()
+    assert sorted(orjson.loads(x)["custom_id"] for x in output) == sorted(
+        f"req-{i}" for i in range(60)
+    )
 
 
 def _result(batch_id: str, line: int) -> Any:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import itertools
+import json
+import struct
+from importlib import resources
 
+import fastavro
 import orjson
 import pytest
 
@@ -14,8 +19,11 @@ from tests.integration.kafka_io import envelope
 from workers.batches.assembler import (
     Assembly,
     build_files,
+    next_segment_key,
     parse_request_id,
     request_id_for,
+    segment_key,
+    segment_keys,
 )
 from workers.batches.state import (
     TRANSITIONS,
@@ -167,7 +175,7 @@ def test_a_result_that_arrives_twice_is_one_line() -> None:
     assert assembly.add_result(2, "b", result(2, "failed", 502))
     assert assembly.add_error(3, "c", "invalid_json", "bad", invalid=True)
     flush, bitmap = assembly.take()
-    after = flush.apply(state, bitmap, NOW)
+    after = flush.apply(state, bitmap, NOW, "own1")
     assert (after["completed"], after["failed"], after["invalid"]) == (1, 2, 1)
     assert after["prompt_tokens"] == 20
     assert after["segments"] == 1
@@ -175,6 +183,69 @@ def test_a_result_that_arrives_twice_is_one_line() -> None:
     again = Assembly(after)
     assert not again.add_result(1, "a", result(1))
     assert again.take()[0].lines == []
+
+
+def _flushed(state: BatchState, owner: str, line: int) -> BatchState:
+    """`state` after `owner` spooled one more result (line `line`) as the next segment."""
+    assembly = Assembly(state)
+    assert assembly.add_result(line, f"c{line}", result(line))
+    flush, bitmap = assembly.take()
+    return flush.apply(state, bitmap, NOW, owner)
+
+
+def test_each_owner_writes_segments_under_its_own_key_and_the_state_names_them() -> None:
+    state = _flushed(_flushed(_flushed(batch(), "aaaa", 1), "aaaa", 2), "bbbb", 3)
+    assert state["segments"] == 3
+    assert state["segment_owners"] == [
+        {"owner": "aaaa", "first_segment": 0},
+        {"owner": "bbbb", "first_segment": 2},
+    ]
+    assert segment_keys(state) == [
+        segment_key(BATCH_ID, 0, "aaaa"),
+        segment_key(BATCH_ID, 1, "aaaa"),
+        segment_key(BATCH_ID, 2, "bbbb"),
+    ]
+    assert segment_keys(state)[2] == f"batches/{BATCH_ID}/segment-000002-bbbb.tsv"
+    # A checkpoint without outcomes writes no segment and names no owner.
+    flush, bitmap = Assembly(state).take()
+    assert flush.apply(state, bitmap, NOW, "cccc")["segment_owners"] == state["segment_owners"]
+
+
+def test_a_deposed_owner_still_writing_cannot_replace_a_segment_the_new_owner_counts() -> None:
+    """The CI loss: the old owner's write of segment k landed over the new owner's."""
+    checkpoint = _flushed(batch(), "old0", 1)
+    # Both resume from the same checkpoint: the old one was deposed mid-write.
+    old_key = next_segment_key(checkpoint, "old0")
+    new_state = _flushed(checkpoint, "new0", 2)
+    assert old_key not in segment_keys(new_state)
+    assert segment_keys(new_state) == [
+        old_key.replace("000001", "000000"),
+        segment_keys(new_state)[1],
+    ]
+    assert segment_keys(new_state)[1] == segment_key(BATCH_ID, 1, "new0")
+
+
+def test_segments_written_before_owner_tokens_keep_their_keys() -> None:
+    legacy = batch()
+    legacy["segments"] = 2  # a v1 state: no segment_owners
+    after = _flushed(legacy, "dddd", 5)
+    assert segment_keys(after) == [
+        f"batches/{BATCH_ID}/segment-000000.tsv",
+        f"batches/{BATCH_ID}/segment-000001.tsv",
+        segment_key(BATCH_ID, 2, "dddd"),
+    ]
+
+
+def test_a_state_written_with_schema_v1_reads_with_no_segment_owners() -> None:
+    state = batch()
+    v1_schema = json.loads(
+        (resources.files("schemas") / "avro" / "batch_state.v1.avsc").read_text("utf-8")
+    )
+    buf = io.BytesIO()
+    buf.write(codec.MAGIC + struct.pack(">I", 20))  # batch_state v1's id
+    v1_record = {k: v for k, v in state.items() if k != "segment_owners"}
+    fastavro.schemaless_writer(buf, fastavro.parse_schema(v1_schema), v1_record)
+    assert codec.decode("batch_state", buf.getvalue()) == state
 
 
 def test_output_and_error_files_are_keyed_by_custom_id_in_line_order() -> None:

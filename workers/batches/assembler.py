@@ -1,15 +1,22 @@
 """Collect each line's outcome into spool segments, then write the output and error files.
 
     add_result / add_error   -> in memory, deduplicated by line (the `done` bitmap)
-    take() -> Flush          -> the consumer writes `segment_key(batch, n)` atomically,
-                                then checkpoints the state (counts, bitmap, segments,
-                                results offsets), then nothing else needs committing
+    take() -> Flush          -> the consumer writes `segment_key(batch, n, owner)`
+                                atomically, then checkpoints the state (counts, bitmap,
+                                segments and their owners, results offsets), then
+                                nothing else needs committing
     build_files(...)         -> output/error JSONL, one line per request, by line order
 
 A result that arrives twice (a router redelivery, or a replay of tollway.results
 after a restart from the last checkpoint) finds its bit already set and is dropped,
 so no output line is ever duplicated. A crash after a segment was written but
-before its checkpoint leaves segment `n` orphaned; the next flush overwrites it.
+before its checkpoint leaves that segment orphaned; nothing reads it.
+
+Each owner of a batch (one `BatchWorker._own`) writes under its own random token, and
+the state names the token of every segment (`segment_owners`). So a deposed owner
+that still writes (a worker frozen past its session, or a write that outlives its
+cancel) can only add orphans, never replace a segment the state counts: the state,
+its bitmap and the segments it names always agree. Decision 0006 (spool section) has the history.
 
 Segment format, one line per outcome: `<line>\\t<o|e>\\t<output JSON>\\n`.
 """
@@ -22,7 +29,7 @@ from typing import Final, Literal
 
 import orjson
 
-from schemas.records import BatchState, Result
+from schemas.records import BatchState, Result, SegmentRun
 from workers.batches.state import bumped, mark_done
 
 Kind = Literal["o", "e"]
@@ -48,8 +55,27 @@ def parse_request_id(request_id: str) -> tuple[str, int] | None:
     return f"batch_{hex_id}", int(line)
 
 
-def segment_key(batch_id: str, index: int) -> str:
-    return f"batches/{batch_id}/segment-{index:06d}.tsv"
+def segment_key(batch_id: str, index: int, owner: str) -> str:
+    """The store key of spool segment `index`; `owner` "" for segments written before v2."""
+    suffix = f"-{owner}" if owner else ""
+    return f"batches/{batch_id}/segment-{index:06d}{suffix}.tsv"
+
+
+def segment_keys(state: BatchState) -> list[str]:
+    """The keys of the state's segments 0..segments-1, each under the owner that wrote it."""
+    runs = state["segment_owners"]
+    keys: list[str] = []
+    run = -1
+    for index in range(state["segments"]):
+        while run + 1 < len(runs) and runs[run + 1]["first_segment"] <= index:
+            run += 1
+        keys.append(segment_key(state["batch_id"], index, runs[run]["owner"] if run >= 0 else ""))
+    return keys
+
+
+def next_segment_key(state: BatchState, owner: str) -> str:
+    """Where `owner` writes the state's next segment (index `state['segments']`)."""
+    return segment_key(state["batch_id"], state["segments"], owner)
 
 
 def result_line(line: int, custom_id: str, result: Result) -> tuple[Kind, bytes]:
@@ -97,8 +123,8 @@ class Flush:
     def payload(self) -> bytes:
         return b"".join(self.lines)
 
-    def apply(self, state: BatchState, bitmap: bytes, now_ms: int) -> BatchState:
-        """`state` after this flush was written as segment `state['segments']`."""
+    def apply(self, state: BatchState, bitmap: bytes, now_ms: int, owner: str) -> BatchState:
+        """`state` after this flush was written by `owner` at `next_segment_key(state, owner)`."""
         new = bumped(state, now_ms)
         new["completed"] += self.completed
         new["failed"] += self.failed
@@ -109,6 +135,10 @@ class Flush:
         new["reasoning_tokens"] += self.reasoning_tokens
         new["done"] = bitmap
         if self.lines:
+            runs = state["segment_owners"]
+            if not runs or runs[-1]["owner"] != owner:
+                run: SegmentRun = {"owner": owner, "first_segment": state["segments"]}
+                new["segment_owners"] = [*runs, run]
             new["segments"] += 1
         return new
 

@@ -30,9 +30,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import orjson
@@ -50,8 +51,9 @@ from workers.batches import files as batch_files
 from workers.batches.assembler import (
     Assembly,
     build_files,
+    next_segment_key,
     parse_request_id,
-    segment_key,
+    segment_keys,
 )
 from workers.batches.budget import (
     BatchBudgets,
@@ -106,6 +108,8 @@ class Owned:
     assembly: Assembly
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     cancel_requested: bool = False
+    owner: str = field(default_factory=lambda: secrets.token_hex(4))
+    """This ownership's token in its segments' keys (workers/batches/assembler.py)."""
     task: asyncio.Task[None] | None = None
     expansion: asyncio.Task[bool] | None = None
 
@@ -341,15 +345,17 @@ class BatchWorker:
 
         Call with `owned.lock` held. The results positions are snapshotted in the
         same step as the pending outcomes (no await in between), so the checkpoint
-        claims exactly what the segment holds.
+        claims exactly what the segment holds. A cancel (a revocation, a shutdown)
+        waits for a segment write already under way: no write of this owner lands
+        after `release` returns (its token keeps a later one harmless anyway).
         """
         positions = dict(self._read_next)
         flush, bitmap = owned.assembly.take()
         state = owned.state
         if flush.lines:
-            key = segment_key(state["batch_id"], state["segments"])
-            await asyncio.to_thread(self.store.put, key, flush.payload())
-        new = flush.apply(state, bitmap, self.clock_ms())
+            key = next_segment_key(state, owned.owner)
+            await complete_despite_cancel(asyncio.to_thread(self.store.put, key, flush.payload()))
+        new = flush.apply(state, bitmap, self.clock_ms(), owned.owner)
         offsets = dict(state["results_offsets"])
         for partition, offset in positions.items():
             offsets[str(partition)] = max(offset, offsets.get(str(partition), 0))
@@ -482,8 +488,14 @@ class BatchWorker:
             await self._checkpoint(owned, change)
 
     async def _expand(self, owned: Owned) -> bool:
+        content = batch_files.content_key(owned.state["input_file_id"])
+        if await asyncio.to_thread(self.store.size, content) is None:
+            # Deleted from the store after validation: failing beats restarting forever.
+            missing = f"Input file {owned.state['input_file_id']} is no longer in the store."
+            await self._refuse(owned, InputRefused("invalid_input_file", missing))
+            return False
         parser = LineParser(owned.state["endpoint"], self.known_model)
-        chunks = self.store.chunks(batch_files.content_key(owned.state["input_file_id"]))
+        chunks = self.store.chunks(content)
         gate = self._gate(owned)
         checkpoint_lines = self.settings.expand_checkpoint_lines
         if gate is not None:  # groups no larger than half the lookahead: pacing needs steps
@@ -517,14 +529,7 @@ class BatchWorker:
                 gate=gate,
             )
         except InputRefused as refused:
-            async with owned.lock:
-                error: BatchErrorRecord = {
-                    "code": refused.code,
-                    "message": refused.message,
-                    "line": None,
-                    "param": None,
-                }
-                await self._publish(owned, fail(owned.state, error, self.clock_ms()))
+            await self._refuse(owned, refused)
             return False
         elapsed = time.monotonic() - started
         log.info(
@@ -535,6 +540,17 @@ class BatchWorker:
             owned.state["total"] / max(elapsed, 1e-6),
         )
         return expanded
+
+    async def _refuse(self, owned: Owned, refused: InputRefused) -> None:
+        """Fail the batch for its input file (a batch-level error, no output files)."""
+        async with owned.lock:
+            error: BatchErrorRecord = {
+                "code": refused.code,
+                "message": refused.message,
+                "line": None,
+                "param": None,
+            }
+            await self._publish(owned, fail(owned.state, error, self.clock_ms()))
 
     async def _watch(self, owned: Owned) -> None:
         """Tick until the batch is done, cancelled or out of time, then finalise it."""
@@ -602,13 +618,15 @@ class BatchWorker:
         for line, custom_id in unfinished:  # in the loop: the results reader shares the bitmap
             owned.assembly.add_error(line, custom_id, code, message, invalid=False)
 
+    def _segment(self, key: str) -> bytes:
+        data = self.store.get(key)
+        if data is None:  # the state names it, so it was written: the store lost it
+            raise MissingSegment(key)
+        return data
+
     def _write_files(self, state: BatchState) -> tuple[str | None, str | None]:
         """Output and error files from the spool (blocking: run in a thread)."""
-        segments = (
-            self.store.get(segment_key(state["batch_id"], i)) or b""
-            for i in range(state["segments"])
-        )
-        output, errors, _, _ = build_files(segments)
+        output, errors, _, _ = build_files(self._segment(key) for key in segment_keys(state))
         ids: list[str | None] = []
         for kind, data in (("output", output), ("error", errors)):
             if not data:
@@ -630,6 +648,21 @@ class BatchWorker:
             )
             ids.append(file_id)
         return ids[0], ids[1]
+
+
+class MissingSegment(RuntimeError):
+    """A spool segment the state names is not in the store: finalising stops, loudly,
+    rather than write output files without its lines."""
+
+
+async def complete_despite_cancel(work: Awaitable[None]) -> None:
+    """Await `work`; if cancelled meanwhile, let it finish first, then re-raise the cancel."""
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        raise
 
 
 def _to(status: BatchStatus, now_ms: int) -> Callable[[BatchState], BatchState]:

@@ -102,6 +102,7 @@ def new_batch(
         "errors": [],
         "done": b"",
         "segments": 0,
+        "segment_owners": [],
         "results_offsets": {},
         "updated_at_ms": now_ms,
     }
