@@ -201,7 +201,9 @@ async def start_group_at_end(bootstrap: str, group: str) -> None:
 
     from analytics.loader.consumer import TOPICS
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
     await consumer.start()
     try:
         tps = [TopicPartition(t.name, p) for t in TOPICS for p in range(t.partitions)]

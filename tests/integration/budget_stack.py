@@ -159,7 +159,9 @@ def canary_teams(run_id: str) -> list[str]:
 
 async def commit_group_at_end(bootstrap: str, group: str, names: list[str]) -> None:
     """The group's next start reads only what is written after now."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
     await consumer.start()
     try:
         tps = [

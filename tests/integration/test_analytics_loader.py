@@ -148,7 +148,9 @@ def store(clickhouse_url: str) -> Store:
 
 async def start_group_at_end(bootstrap: str, group: str) -> None:
     """Commit the topics' end offsets for `group`: its loader reads only what comes next."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
     await consumer.start()
     try:
         tps = [TopicPartition(t.name, p) for t in TOPICS for p in range(t.partitions)]
