@@ -187,14 +187,20 @@ async def test_410_disables_the_endpoint_and_replay_delivers_after_it_is_fixed(
     receiver = await Receiver(free_port(), script=[410]).start()
     hook_id = f"gone-{uuid.uuid4().hex[:8]}"
     try:
+        dead_from = await _dead_end(kafka_bootstrap)
         await start_dispatcher(config([{"id": hook_id, "url": receiver.url}]))
-        for _ in range(2):
+        # Waits on what happened, not fixed sleeps: under a full tier the dispatcher may
+        # first read through other tests' backlog on the shared group (CI: 0 sent in 2 s).
+        for sent in (1, 2):
             await produce(
                 kafka_bootstrap,
                 topics.BUDGET_EVENTS.name,
                 [(b"team:default", codec.encode("budget_event", budget_event()))],
             )
-            await asyncio.sleep(1.0)
+            if sent == 1:
+                await receiver.wait(1)
+        # Both end as dead letters: the 410, then the event for the disabled endpoint.
+        assert len(await _dead_letters_after(kafka_bootstrap, dead_from, receiver.url, want=2)) == 2
         assert len(receiver.received) == 1  # the second event was not sent: disabled
         replayed = await replay(
             KafkaSettings(bootstrap=kafka_bootstrap),
@@ -212,7 +218,10 @@ async def test_410_disables_the_endpoint_and_replay_delivers_after_it_is_fixed(
         await receiver.stop()
 
 
-async def _dead_letters_after(bootstrap: str, start: int, url: str) -> list[WebhookDelivery]:
+async def _dead_letters_after(
+    bootstrap: str, start: int, url: str, want: int = 1
+) -> list[WebhookDelivery]:
+    """Dead letters for `url` from offset `start`, once `want` are there (or after 20 s)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     tp = TopicPartition(CALLBACKS_DEAD.name, 0)
     await consumer.start()
@@ -221,7 +230,7 @@ async def _dead_letters_after(bootstrap: str, start: int, url: str) -> list[Webh
         consumer.seek(tp, start)
         found: list[WebhookDelivery] = []
         deadline = time.monotonic() + 20
-        while not found and time.monotonic() < deadline:
+        while len(found) < want and time.monotonic() < deadline:
             batch = await consumer.getmany(tp, timeout_ms=500)
             for record in batch.get(tp, []):
                 delivery = codec.decode("webhook_delivery", record.value or b"")

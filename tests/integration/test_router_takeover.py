@@ -32,12 +32,23 @@ KEY = b"takeover-test"
 TOPIC = topics.REQUESTS_INTERACTIVE.name
 
 
-def start_router(bootstrap: str, mock_url: str, group: str) -> tuple[Router, asyncio.Task[None]]:
+def start_router(
+    bootstrap: str, mock_url: str, group: str, metadata_delay_s: float = 0.0
+) -> tuple[Router, asyncio.Task[None]]:
+    """A router of `group`; `metadata_delay_s` slows its read of the commit metadata."""
     router = Router(
         KafkaSettings(bootstrap=bootstrap),
         RouterSettings(group_id=group, commit_interval_ms=50),
         Executor(routes=routes_for(mock_url), provider=build_registry({}), router_id=group),
     )
+    if metadata_delay_s:
+        load = router.load_finished
+
+        async def slow_load(assigned: set[TopicPartition]) -> None:
+            await asyncio.sleep(metadata_delay_s)
+            await load(assigned)
+
+        router.load_finished = slow_load  # type: ignore[method-assign]
     return router, asyncio.create_task(router.run())
 
 
@@ -53,9 +64,12 @@ async def committed(bootstrap: str, group: str, tp: TopicPartition) -> tuple[int
         await consumer.stop()
 
 
+@pytest.mark.parametrize("metadata_delay_s", [0.0, 1.5], ids=["metadata-fast", "metadata-slow"])
 async def test_a_new_owner_skips_records_the_old_one_finished_behind_a_slow_call(
-    kafka_bootstrap: str, mock_url: str
+    kafka_bootstrap: str, mock_url: str, metadata_delay_s: float
 ) -> None:
+    """metadata-slow: the records are fetched well before the metadata is read (aiokafka
+    fetches before the assignment callback); they must wait for it, not run."""
     tp = TopicPartition(TOPIC, partition_for_key(KEY, topics.REQUESTS_INTERACTIVE.partitions))
     old_group, new_group = (f"tollway-router-it-takeover-{uuid.uuid4().hex[:8]}" for _ in "ab")
     for group in (old_group, new_group):
@@ -96,7 +110,7 @@ async def test_a_new_owner_skips_records_the_old_one_finished_behind_a_slow_call
         await seeder.stop()
     assert await committed(kafka_bootstrap, new_group, tp) == (position, metadata)
     again: Any = await TopicReader(kafka_bootstrap, topics.RESULTS.name).start()
-    router, task = start_router(kafka_bootstrap, mock_url, new_group)
+    router, task = start_router(kafka_bootstrap, mock_url, new_group, metadata_delay_s)
     try:
         every = {e["request_id"] for e in [slow, *fast]}
         # Run again: the slow one only (fast ones would have come first, in milliseconds).

@@ -101,7 +101,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         log.info("assigned %d partitions", len(assigned))
         self._router.membership.assigned(time.monotonic())
-        await self._router.load_finished(assigned)
+        await self._router.take_over(assigned)
 
 
 class Router:
@@ -127,6 +127,9 @@ class Router:
         # commit covers (a commit refused around a broker restart or an absence): skipped
         # too if a partition comes back to it.
         self._finished_here: dict[TopicPartition, set[int]] = {}
+        # Partitions assigned whose finished offsets are still being read: paused, since
+        # aiokafka starts fetching before the assignment callback runs.
+        self._taking_over: set[TopicPartition] = set()
         self.membership = AbsenceGuard(settings.session_timeout_ms, time.monotonic())
         # Tasks abandoned after an absence: cancelled, and should one outlive it (a
         # cancellation swallowed by a timeout firing at the same wake-up) it publishes
@@ -362,6 +365,7 @@ class Router:
             tp
             for tp in self.consumer.assignment()
             if pause_all
+            or tp in self._taking_over
             or (pause_batch and tp.topic == topics.REQUESTS_BATCH.name)
             or (too_many_waiting and tp in waiting)
         }
@@ -370,6 +374,22 @@ class Router:
             self.consumer.pause(*(wanted - paused))
         if paused - wanted:
             self.consumer.resume(*(paused - wanted))
+
+    async def take_over(self, assigned: set[TopicPartition]) -> None:
+        """Run no record of `assigned` until `load_finished` knows which to skip.
+
+        aiokafka starts fetching a new assignment before it calls the assignment callback,
+        so without the pause a record the previous owner finished could be fetched and run
+        while its commit metadata is still on the way (a second provider call). Paused
+        partitions' fetched records are dropped by aiokafka, not returned; the next
+        `_apply_backpressure` resumes them."""
+        self._taking_over |= assigned
+        if assigned:
+            self.consumer.pause(*assigned)
+        try:
+            await self.load_finished(assigned)
+        finally:
+            self._taking_over -= assigned
 
     async def load_finished(self, assigned: set[TopicPartition]) -> None:
         """Read which records above each committed position the previous owner finished.
