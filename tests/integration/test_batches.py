@@ -262,6 +262,33 @@ async def test_a_worker_killed_mid_segment_write_loses_no_line(
     )
 
 
+class _ForgetfulStore(LocalFileStore):
+    """A store that has lost every spool segment (reads them as absent)."""
+
+    def get(self, key: str) -> bytes | None:
+        return None if "/segment-" in key else super().get(key)
+
+
+async def test_a_batch_whose_spool_is_lost_fails_instead_of_completing_short(
+    harness: Harness, sdk: openai.AsyncOpenAI
+) -> None:
+    lines = [request_line(f"req-{i}", model="mock-fast") for i in range(5)]
+    uploaded = await sdk.files.create(file=("in.jsonl", b"".join(lines)), purpose="batch")
+    worker = BatchWorker(
+        harness.kafka, harness.settings, _ForgetfulStore(harness.store.root), harness.routes
+    )
+    harness.workers.append((worker, asyncio.create_task(worker.run())))
+    created = await sdk.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    final = await wait_for(sdk, created.id, lambda b: b.status in {"completed", "failed"})
+    assert final.status == "failed"
+    assert final.output_file_id is None
+    assert final.errors is not None
+    assert final.errors.data is not None
+    assert [e.code for e in final.errors.data] == ["output_incomplete"]
+
+
 def _result(batch_id: str, line: int) -> Any:
     now = int(time.time() * 1000)
     return {

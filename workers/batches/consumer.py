@@ -68,6 +68,7 @@ from workers.batches.settings import BatchesSettings
 from workers.batches.state import (
     CANCELLABLE,
     PAUSED_REASON_KEY,
+    TRANSITIONS,
     all_done,
     fail,
     is_done,
@@ -588,7 +589,22 @@ class BatchWorker:
                 await self._mark_unfinished(owned, unfinished_code)
             await self._checkpoint(owned)
             state = owned.state
-            output_id, error_id = await asyncio.to_thread(self._write_files, state)
+            try:
+                output_id, error_id = await asyncio.to_thread(self._write_files, state)
+            except MissingSegment:
+                if "failed" not in TRANSITIONS[state["status"]]:
+                    raise  # cancelling: logged by _drive, retried by the next owner
+                log.exception("batch %s: spool segment missing; failing it", state["batch_id"])
+                error: BatchErrorRecord = {
+                    "code": "output_incomplete",
+                    "message": "Outcomes spooled for this batch are missing from the file "
+                    "store, so complete output files cannot be written.",
+                    "line": None,
+                    "param": None,
+                }
+                await self._publish(owned, fail(state, error, self.clock_ms()))
+                batch_metrics().finished.labels("failed").inc()
+                return
             now = self.clock_ms()
             done = transition(state, final, now)
             done["output_file_id"] = output_id
@@ -651,8 +667,9 @@ class BatchWorker:
 
 
 class MissingSegment(RuntimeError):
-    """A spool segment the state names is not in the store: finalising stops, loudly,
-    rather than write output files without its lines."""
+    """A spool segment the state names is not in the store (deleted, or a store that
+    lost it): the batch fails with `output_incomplete` rather than get output files
+    without its lines."""
 
 
 async def complete_despite_cancel(work: Awaitable[None]) -> None:
