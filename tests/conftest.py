@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
+# A test phase hung past 120 s gets its asyncio tasks' stacks on stderr (tests/hang_report.py).
+pytest_plugins = ["tests.hang_report"]
+
 # The machines are shared and noisy: property tests judge results, never speed.
 settings.register_profile("tollway", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("tollway")
