@@ -106,7 +106,8 @@ class ClickHouseRunner:
         loop = asyncio.get_running_loop()
         call = loop.run_in_executor(self._executor, self._run, wrapped, bound)
         try:
-            return await asyncio.wait_for(call, self._timeout_s)
+            async with asyncio.timeout(self._timeout_s):
+                return await call
         except TimeoutError:
             raise DeadlineExceeded(
                 f"The analytics query took longer than {self._timeout_s:g} s."

@@ -134,7 +134,8 @@ class MessagesApi:
         deadline = loop.time() + self.ingress.settings.sync_timeout_s
 
         async def next_item() -> StreamItem:
-            return await asyncio.wait_for(queue.get(), max(0.0, deadline - loop.time()))
+            async with asyncio.timeout_at(deadline):
+                return await queue.get()
 
         try:
             first = await next_item()

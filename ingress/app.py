@@ -402,8 +402,8 @@ class Ingress:
         deadline = asyncio.get_running_loop().time() + self.settings.sync_timeout_s
 
         async def next_item() -> StreamItem:
-            remaining = deadline - asyncio.get_running_loop().time()
-            return await asyncio.wait_for(queue.get(), max(0.0, remaining))
+            async with asyncio.timeout_at(deadline):
+                return await queue.get()
 
         try:
             first = await next_item()

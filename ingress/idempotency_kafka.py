@@ -192,12 +192,10 @@ class KafkaIdempotencyStore:
             return False
         value = codec.encode("idempotency_entry", to_record(entry))
         try:
-            metadata = await asyncio.wait_for(
-                self._producer.send_and_wait(
+            async with asyncio.timeout(self._kafka.request_timeout_ms / 1000):
+                metadata = await self._producer.send_and_wait(
                     _TOPIC.name, value, key=name.encode(), partition=partition
-                ),
-                self._kafka.request_timeout_ms / 1000,
-            )
+                )
         except (KafkaError, TimeoutError) as exc:
             raise ServiceUnavailable("The idempotency entry could not be written.") from exc
         indexed = _Indexed(

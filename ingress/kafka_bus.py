@@ -235,7 +235,8 @@ class KafkaBus(ReplyWaiters):
             await asyncio.sleep(2.0)
             try:
                 async with self._fetch_lock:
-                    await asyncio.wait_for(self._fetcher.end_offsets(probe), timeout=2.0)
+                    async with asyncio.timeout(2.0):
+                        await self._fetcher.end_offsets(probe)
             except (KafkaError, TimeoutError):
                 self._broker_ok = False
             else:

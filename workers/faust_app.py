@@ -346,7 +346,8 @@ def abandon(what: str) -> NoReturn:
 async def settle(futures: Iterable[Awaitable[Any]], what: str) -> None:
     """Wait until Kafka acknowledged every write; a producer stuck that long is fatal."""
     try:
-        await asyncio.wait_for(asyncio.gather(*futures), SETTLE_TIMEOUT_S)
+        async with asyncio.timeout(SETTLE_TIMEOUT_S):
+            await asyncio.gather(*futures)
     except TimeoutError as exc:
         fatal(f"{what} not acknowledged within {SETTLE_TIMEOUT_S:.0f}s", exc)
 
@@ -364,7 +365,8 @@ async def send_all(app: faust.App, outgoing: Sequence[Outgoing]) -> None:
                 await app.producer.send(topic, key, value, partition, None, headers)
                 for topic, key, value, headers, partition in outgoing
             ]
-            await asyncio.wait_for(asyncio.gather(*futures), SETTLE_TIMEOUT_S)
+            async with asyncio.timeout(SETTLE_TIMEOUT_S):
+                await asyncio.gather(*futures)
         except TimeoutError as exc:
             fatal(f"a batch of {len(outgoing)} records not acknowledged", exc)
         except (KafkaError, ProducerSendError) as exc:

@@ -87,4 +87,5 @@ class RenewableProducer:
             self.current = fresh
             self.renewals += 1
         with contextlib.suppress(Exception):  # it is broken; stopping is best effort
-            await asyncio.wait_for(failed.stop(), OLD_PRODUCER_STOP_S)
+            async with asyncio.timeout(OLD_PRODUCER_STOP_S):
+                await failed.stop()

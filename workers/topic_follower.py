@@ -121,7 +121,8 @@ class TopicFollower:
 
     async def wait_ready(self, timeout_s: float) -> bool:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._ready.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._ready.wait()
         return self.ready()
 
     async def catch_up(self, tps: Sequence[TopicPartition]) -> None:

@@ -261,7 +261,8 @@ class Loader:
     async def hand_over(self, revoked: set[TopicPartition]) -> None:
         """On revocation: write and commit what was read, in bounded time; forget the rest."""
         try:
-            await asyncio.wait_for(self._flush_everything(), timeout=_REVOKE_TIMEOUT_S)
+            async with asyncio.timeout(_REVOKE_TIMEOUT_S):
+                await self._flush_everything()
         except TimeoutError:
             log.warning("could not store revoked partitions' rows in time; the next owner will")
         dropped = self.batcher.drop(revoked)
@@ -278,7 +279,8 @@ class Loader:
     async def _drain(self) -> None:
         """Graceful stop: store and commit what was read (bounded), leave the group."""
         try:
-            await asyncio.wait_for(self._flush_everything(), timeout=_REVOKE_TIMEOUT_S)
+            async with asyncio.timeout(_REVOKE_TIMEOUT_S):
+                await self._flush_everything()
         except TimeoutError:
             log.warning("stopping with unstored rows; they are uncommitted and will be re-read")
         finally:

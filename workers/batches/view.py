@@ -150,9 +150,8 @@ class KafkaBatchView:
     async def create(self, state: BatchState) -> None:
         self._require_started()
         try:
-            await asyncio.wait_for(
-                self._publisher.state(state, retry=False), self._kafka.request_timeout_ms / 1000
-            )
+            async with asyncio.timeout(self._kafka.request_timeout_ms / 1000):
+                await self._publisher.state(state, retry=False)
         except (KafkaError, TimeoutError) as exc:
             raise ServiceUnavailable(
                 "The batch could not be written to Kafka and was not created; retry later.",
@@ -179,9 +178,8 @@ class KafkaBatchView:
             "requested_at_ms": now_ms,
         }
         try:
-            await asyncio.wait_for(
-                self._publisher.command(command), self._kafka.request_timeout_ms / 1000
-            )
+            async with asyncio.timeout(self._kafka.request_timeout_ms / 1000):
+                await self._publisher.command(command)
         except (KafkaError, TimeoutError) as exc:
             raise ServiceUnavailable(
                 "The cancellation could not be written to Kafka; retry later.", retry_after_s=1

@@ -135,7 +135,8 @@ class BudgetView:
 
     async def wait_ready(self, timeout_s: float) -> bool:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._ready.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._ready.wait()
         return self.ready
 
     async def _run(self, consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> None:

@@ -61,9 +61,8 @@ class Sender:
             address = target.literal
             if address is None:
                 try:
-                    resolved = await asyncio.wait_for(
-                        self.resolve(target.host, target.port), self.timeout_s
-                    )
+                    async with asyncio.timeout(self.timeout_s):
+                        resolved = await self.resolve(target.host, target.port)
                 except (OSError, TimeoutError) as exc:
                     return Outcome("retry", f"DNS lookup failed ({type(exc).__name__})")
                 address = pick_address(resolved, self.allow)

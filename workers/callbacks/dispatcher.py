@@ -138,7 +138,8 @@ class KnownResults:
                 return
             event = self._events.setdefault(partition, asyncio.Event())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), left_s)
+                async with asyncio.timeout(left_s):
+                    await event.wait()
 
     def release(self) -> None:
         """A rebalance: whatever waits goes on (its partition may be another's now)."""
@@ -346,9 +347,8 @@ class Dispatcher:
         try:
             while not self._stopping.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._stopping.wait(), self.settings.commit_interval_ms / 1000
-                    )
+                    async with asyncio.timeout(self.settings.commit_interval_ms / 1000):
+                        await self._stopping.wait()
                 for lane in (self.events, self.retries):
                     if any(t.done() for t in tasks):
                         await asyncio.gather(*tasks)  # a lane died: surface its error

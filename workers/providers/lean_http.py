@@ -247,16 +247,14 @@ class LeanHttpClient:
                 self._ssl = ssl.create_default_context()
             context = self._ssl
         try:
-            _, connection = await asyncio.wait_for(
-                loop.create_connection(
+            async with asyncio.timeout(min(self._connect_timeout_s, timeout_s)):
+                _, connection = await loop.create_connection(
                     _Connection,
                     target.host,
                     target.port,
                     ssl=context,
                     server_hostname=target.host if context is not None else None,
-                ),
-                min(self._connect_timeout_s, timeout_s),
-            )
+                )
         except TimeoutError as exc:
             raise TransportFailure("connect", "connect timed out") from exc
         except OSError as exc:  # refused, unreachable, DNS, TLS handshake
