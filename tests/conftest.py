@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-# A test phase hung past 120 s gets its asyncio tasks' stacks on stderr (tests/hang_report.py).
+# A test phase 60 s short of its timeout gets its asyncio tasks' stacks on stderr
+# (tests/hang_report.py).
 pytest_plugins = ["tests.hang_report"]
 
 # The machines are shared and noisy: property tests judge results, never speed.

@@ -1,6 +1,7 @@
-"""A pytest plugin: when one phase of a test (setup, call, teardown) runs longer than
-`TOLLWAY_HANG_REPORT_S` (default 120 s), write the stack of every asyncio task of the
-running event loop to stderr, once per phase.
+"""A pytest plugin: when one phase of a test (setup, call, teardown) runs to within 60 s
+of its pytest-timeout (300 s by default, so after 240 s; `TOLLWAY_HANG_REPORT_S` sets it
+outright), write the stack of every asyncio task of the running event loop to stderr,
+once per phase. Long forms with a larger `--timeout` (chaos, soak) stay quiet.
 
 pytest-timeout fails a hung test with the main thread's stack only, which for an async
 test is the event loop waiting in `select()`: it says nothing about which task waits on
@@ -23,8 +24,21 @@ from typing import Any
 
 import pytest
 
-_LIMIT_S = float(os.environ.get("TOLLWAY_HANG_REPORT_S", "120"))
-_phase: dict[str, Any] = {"started_s": None, "name": ""}
+_phase: dict[str, Any] = {"started_s": None, "name": "", "limit_s": 240.0}
+
+
+def _limit_s(item: pytest.Item) -> float:
+    """Seconds a phase may run before the report: 60 s short of the test's timeout."""
+    configured = os.environ.get("TOLLWAY_HANG_REPORT_S")
+    if configured:
+        return float(configured)
+    marker = item.get_closest_marker("timeout")
+    if marker is not None and marker.args:
+        timeout_s = float(marker.args[0])
+    else:
+        option = item.config.getoption("timeout", None)
+        timeout_s = float(option if option is not None else item.config.getini("timeout") or 0)
+    return max(60.0, timeout_s - 60.0) if timeout_s > 0 else 240.0
 
 
 def _running_loops() -> list[asyncio.AbstractEventLoop]:
@@ -49,17 +63,18 @@ def report_tasks(title: str) -> None:
 def _watch() -> None:
     while True:
         time.sleep(5)
-        started_s = _phase["started_s"]
-        if started_s is not None and time.monotonic() - started_s > _LIMIT_S:
+        started_s, limit_s = _phase["started_s"], _phase["limit_s"]
+        if started_s is not None and time.monotonic() - started_s > limit_s:
             _phase["started_s"] = None  # once per phase
             try:
-                report_tasks(f"{_phase['name']} still running after {_LIMIT_S:.0f} s")
+                report_tasks(f"{_phase['name']} still running after {limit_s:.0f} s")
             except Exception as exc:  # a diagnostic must never break the run
                 sys.stderr.write(f"hang report failed: {exc!r}\n")
 
 
-def _timed(name: str) -> Generator[None, Any, Any]:
+def _timed(item: pytest.Item, name: str) -> Generator[None, Any, Any]:
     _phase["name"] = name
+    _phase["limit_s"] = _limit_s(item)
     _phase["started_s"] = time.monotonic()
     try:
         return (yield)
@@ -69,17 +84,17 @@ def _timed(name: str) -> Generator[None, Any, Any]:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item: pytest.Item) -> Generator[None, Any, Any]:
-    return (yield from _timed(f"setup of {item.nodeid}"))
+    return (yield from _timed(item, f"setup of {item.nodeid}"))
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
-    return (yield from _timed(item.nodeid))
+    return (yield from _timed(item, item.nodeid))
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, Any, Any]:
-    return (yield from _timed(f"teardown of {item.nodeid}"))
+    return (yield from _timed(item, f"teardown of {item.nodeid}"))
 
 
 threading.Thread(target=_watch, name="hang-report", daemon=True).start()
