@@ -1,4 +1,4 @@
-"""workers/batches/consumer.py: a cancelled checkpoint lets its segment write finish."""
+"""workers/cancel_safety.py: a cancelled step (a segment write, a consumer start) finishes first."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from workers.batches.consumer import complete_despite_cancel
+from workers.cancel_safety import complete_despite_cancel
 
 
 async def test_a_cancel_waits_for_the_write_then_propagates() -> None:

@@ -33,7 +33,7 @@ import logging
 import secrets
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import orjson
@@ -44,7 +44,7 @@ from aiokafka.structs import ConsumerRecord
 from schemas import codec, topics
 from schemas.batch_topics import BATCH_STATE
 from schemas.errors import CorruptRecord, TollwayError
-from schemas.records import META_CUSTOM_ID, BatchErrorRecord, BatchState, BatchStatus
+from schemas.records import META_CUSTOM_ID, BatchState, BatchStatus
 from schemas.routes import RoutesConfig, load_routes
 from schemas.settings import KafkaSettings
 from workers.batches import files as batch_files
@@ -77,6 +77,7 @@ from workers.batches.state import (
     transition,
     window_passed,
 )
+from workers.cancel_safety import complete_despite_cancel
 from workers.telemetry.metrics import batch_metrics, start_metrics
 
 log = logging.getLogger("tollway.batches")
@@ -429,13 +430,7 @@ class BatchWorker:
                 problem = ("too_many_requests", f"More than {MAX_REQUESTS} requests.")
         now = self.clock_ms()
         if problem is not None:
-            error: BatchErrorRecord = {
-                "code": problem[0],
-                "message": problem[1],
-                "line": None,
-                "param": None,
-            }
-            await self._publish(owned, fail(state, error, now))
+            await self._publish(owned, fail(state, *problem, now))
             return False
         async with owned.lock:
             if owned.cancel_requested:
@@ -545,13 +540,8 @@ class BatchWorker:
     async def _refuse(self, owned: Owned, refused: InputRefused) -> None:
         """Fail the batch for its input file (a batch-level error, no output files)."""
         async with owned.lock:
-            error: BatchErrorRecord = {
-                "code": refused.code,
-                "message": refused.message,
-                "line": None,
-                "param": None,
-            }
-            await self._publish(owned, fail(owned.state, error, self.clock_ms()))
+            failed = fail(owned.state, refused.code, refused.message, self.clock_ms())
+            await self._publish(owned, failed)
 
     async def _watch(self, owned: Owned) -> None:
         """Tick until the batch is done, cancelled or out of time, then finalise it."""
@@ -595,14 +585,12 @@ class BatchWorker:
                 if "failed" not in TRANSITIONS[state["status"]]:
                     raise  # cancelling: logged by _drive, retried by the next owner
                 log.exception("batch %s: spool segment missing; failing it", state["batch_id"])
-                error: BatchErrorRecord = {
-                    "code": "output_incomplete",
-                    "message": "Outcomes spooled for this batch are missing from the file "
-                    "store, so complete output files cannot be written.",
-                    "line": None,
-                    "param": None,
-                }
-                await self._publish(owned, fail(state, error, self.clock_ms()))
+                message = (
+                    "Outcomes spooled for this batch are missing from the file store, "
+                    "so complete output files cannot be written."
+                )
+                failed = fail(state, "output_incomplete", message, self.clock_ms())
+                await self._publish(owned, failed)
                 batch_metrics().finished.labels("failed").inc()
                 return
             now = self.clock_ms()
@@ -670,16 +658,6 @@ class MissingSegment(RuntimeError):
     """A spool segment the state names is not in the store (deleted, or a store that
     lost it): the batch fails with `output_incomplete` rather than get output files
     without its lines."""
-
-
-async def complete_despite_cancel(work: Awaitable[None]) -> None:
-    """Await `work`; if cancelled meanwhile, let it finish first, then re-raise the cancel."""
-    task = asyncio.ensure_future(work)
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        await asyncio.wait([task])
-        raise
 
 
 def _to(status: BatchStatus, now_ms: int) -> Callable[[BatchState], BatchState]:

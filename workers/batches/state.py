@@ -126,8 +126,10 @@ def bumped(state: BatchState, now_ms: int) -> BatchState:
     return changed
 
 
-def fail(state: BatchState, error: BatchErrorRecord, now_ms: int) -> BatchState:
+def fail(state: BatchState, code: str, message: str, now_ms: int) -> BatchState:
+    """`state` failed with a batch-level error (OpenAI's `errors.data[]`, no line)."""
     failed = transition(state, "failed", now_ms)
+    error: BatchErrorRecord = {"code": code, "message": message, "line": None, "param": None}
     failed["errors"] = [*state["errors"], error]
     return failed
 
