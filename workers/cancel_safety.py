@@ -9,12 +9,11 @@ from collections.abc import Awaitable
 async def complete_despite_cancel(work: Awaitable[None]) -> None:
     """Await `work`; if cancelled meanwhile, let it finish first, then re-raise the cancel.
 
-    For steps whose half-done state outlives the caller: a spool segment write in a
-    thread that would land after the batch moved to another owner
-    (workers/batches/consumer.py), or aiokafka's `start()`, which cancelled halfway
-    leaves its bootstrap connection open and unknown to `stop()`
-    (workers/callbacks/dispatcher.py). An error of `work` after the cancel is consumed
-    (the cancel is what the caller gets), so asyncio does not report it as unretrieved.
+    For steps whose half-done state outlives the caller, such as a spool segment write
+    in a thread that would land after the batch moved to another owner
+    (workers/batches/consumer.py). An error of `work` after the cancel is consumed (the
+    cancel is what the caller gets), so asyncio does not report it as unretrieved.
+    A second cancel while waiting ends the wait (the work still finishes on its own).
     """
     task = asyncio.ensure_future(work)
     try:

@@ -1,4 +1,4 @@
-"""workers/cancel_safety.py: a cancelled step (a segment write, a consumer start) finishes first."""
+"""workers/cancel_safety.py: a cancelled step (a spool segment write) finishes first."""
 
 from __future__ import annotations
 

@@ -54,7 +54,6 @@ from workers.callbacks.endpoints import WebhooksConfig
 from workers.callbacks.retry import next_due_ms
 from workers.callbacks.settings import CallbacksSettings, load_webhooks
 from workers.callbacks.ssrf import parse_networks
-from workers.cancel_safety import complete_despite_cancel
 from workers.producer_renewal import RenewableProducer
 from workers.recent_keys import RecentKeys
 from workers.router.offsets import OffsetTracker
@@ -454,11 +453,12 @@ class Dispatcher:
         ends = {TopicPartition(topics.RESULTS.name, p): end for p, end in starts.items()}
         read = 0
         t0 = time.monotonic()
+        # Shielded: aiokafka's start cancelled halfway leaves its bootstrap connection open
+        # and unknown to `stop()` (a socket leaked at every revocation during a start).
+        starting = asyncio.ensure_future(consumer.start())
         try:
             async with asyncio.timeout(self.readback_timeout_s):
-                # aiokafka's start cancelled halfway leaves its bootstrap connection open
-                # and unknown to `stop()` (a socket leaked at every revocation during a start).
-                await complete_despite_cancel(consumer.start())
+                await asyncio.shield(starting)
                 consumer.assign(list(ends))
                 since_ms = self.clock_ms() - int(self.readback_window_s * 1000)
                 found = await consumer.offsets_for_times(dict.fromkeys(ends, since_ms))
@@ -486,6 +486,7 @@ class Dispatcher:
                 self.known.advance(tp.partition, end)  # not again at every rebalance
         finally:
             with contextlib.suppress(KafkaError):
+                await asyncio.gather(starting, return_exceptions=True)  # finished, then stopped
                 await consumer.stop()
         log.info(
             "read back %d recent results of %d partition(s) in %.1f s",
